@@ -1,0 +1,83 @@
+// Helpers shared by the CPU kernels: grid coordinates, a vectorisable exp, OpenMP loops.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "fastlmk.h"
+
+namespace fastlmk {
+namespace cpu {
+
+// x-coordinate of pixel j on a grid of n pixels, align_corners=True convention.
+template <typename T>
+inline T grid_coord(int64_t j, int64_t n) {
+  return n > 1 ? T(-1) + T(2) * T(j) / T(n - 1) : T(0);
+}
+
+// exp(x) for float with ~2 ulp error over the range softmax uses (x <= 0 after max
+// subtraction), written so that GCC vectorises loops calling it (no libm call, no branches).
+// Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial.
+inline float fast_exp(float x) {
+  x = std::max(x, -87.0f);
+  x = std::min(x, 88.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = std::fma(n, -0.693145751953125f, x);
+  r = std::fma(n, -1.428606765330187045e-06f, r);
+  float p = 1.0f / 720.0f;
+  p = std::fma(p, r, 1.0f / 120.0f);
+  p = std::fma(p, r, 1.0f / 24.0f);
+  p = std::fma(p, r, 1.0f / 6.0f);
+  p = std::fma(p, r, 0.5f);
+  p = std::fma(p, r, 1.0f);
+  p = std::fma(p, r, 1.0f);
+  int32_t bits;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += e - (127 << 23);
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+// ln(x) for x > 0 (float), vectorisable: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// ln x = e ln2 + 2 atanh((m-1)/(m+1)) by an odd polynomial; ~2 ulp.
+inline float fast_log(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  int32_t e = ((bits >> 23) & 0xff) - 127;
+  int32_t mbits = (bits & 0x007fffff) | 0x3f800000;
+  float m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float s = (m - 1.0f) / (m + 1.0f);
+  const float s2 = s * s;
+  float p = 2.0f / 9.0f;
+  p = std::fma(p, s2, 2.0f / 7.0f);
+  p = std::fma(p, s2, 2.0f / 5.0f);
+  p = std::fma(p, s2, 2.0f / 3.0f);
+  p = std::fma(p, s2, 2.0f);
+  return std::fma(static_cast<float>(e), 0.693147180559945309f, s * p);
+}
+inline double fast_log(double x) { return std::log(x); }
+
+// Thin-plate radial basis U(r) = r^2 log r^2 written in s = r^2: U = s log s, U(0) = 0.
+template <typename T>
+inline T tps_u(T s) {
+  return s > T(0) ? s * fast_log(s) : T(0);
+}
+// dU/ds = log s + 1; the caller multiplies by ds/dp = 2 (p - c), which is 0 at s = 0.
+template <typename T>
+inline T tps_du_ds(T s) {
+  return s > T(0) ? fast_log(s) + T(1) : T(0);
+}
+
+inline int clamp_threads(int num_threads) { return num_threads < 1 ? 1 : num_threads; }
+
+}  // namespace cpu
+}  // namespace fastlmk

@@ -1,0 +1,203 @@
+// soft-argmax on the CPU: heatmap logits (M, H, W) -> points (M, 2) (x, y) in [-1, 1].
+//
+// Work split: one OpenMP iteration per map (M = B*K maps); a map is at most a few KiB and stays
+// in L1 between the two sweeps below, so the logits are read from memory once.
+//
+// spatial:  p = softmax(l * inv_t) over all H*W pixels, x = sum p gx, y = sum p gy.
+//   forward  sweep 1: max; sweep 2: sum e, sum e gx (per row), sum e gy; stats = lse.
+//   backward dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p recomputed from lse.
+// marginal (IMM): colmean_j = mean_i l_ij, rowmean_i = mean_j l_ij,
+//   q = softmax(colmean * inv_t) (W), r = softmax(rowmean * inv_t) (H), x = sum q gx, y = sum r gy.
+//   stats = (lse_x, lse_y).
+//   backward dL/dl_ij = inv_t/H q_j (gx_j - x) gpx + inv_t/W r_i (gy_i - y) gpy.
+#include <vector>
+
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_ops.h"
+
+namespace fastlmk {
+namespace cpu {
+namespace {
+
+template <typename T>
+void spatial_forward(const T* __restrict l, T* __restrict pts, T* __restrict stats, int64_t M,
+                     int64_t H, int64_t W, T inv_t, int nthreads) {
+  std::vector<T> gx(W), gy(H);
+  for (int64_t j = 0; j < W; ++j) gx[j] = grid_coord<T>(j, W);
+  for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
+  const int64_t n = H * W;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict lm = l + m * n;
+    T mx = -std::numeric_limits<T>::infinity();
+    for (int64_t k = 0; k < n; ++k) mx = std::max(mx, lm[k]);
+    const T shift = mx * inv_t;
+    T s = 0, sx = 0, sy = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      const T* __restrict row = lm + i * W;
+      T rs = 0, rx = 0;
+#pragma omp simd reduction(+ : rs, rx)
+      for (int64_t j = 0; j < W; ++j) {
+        const T e = fast_exp(row[j] * inv_t - shift);
+        rs += e;
+        rx += e * gx[j];
+      }
+      s += rs;
+      sx += rx;
+      sy += rs * gy[i];
+    }
+    pts[2 * m] = sx / s;
+    pts[2 * m + 1] = sy / s;
+    stats[m] = shift + std::log(s);
+  }
+}
+
+template <typename T>
+void spatial_backward(const T* __restrict gp, const T* __restrict l, const T* __restrict stats,
+                      const T* __restrict pts, T* __restrict gl, int64_t M, int64_t H, int64_t W,
+                      T inv_t, int nthreads) {
+  std::vector<T> gx(W), gy(H);
+  for (int64_t j = 0; j < W; ++j) gx[j] = grid_coord<T>(j, W);
+  for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
+  const int64_t n = H * W;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict lm = l + m * n;
+    T* __restrict gm = gl + m * n;
+    const T lse = stats[m];
+    const T gpx = gp[2 * m] * inv_t, gpy = gp[2 * m + 1] * inv_t;
+    // dL/dl_ij = p_ij (a_j + b_i) with a_j = gpx (gx_j - x), b_i = gpy (gy_i - y)
+    const T cx = gpx * pts[2 * m], cy = gpy * pts[2 * m + 1];
+    for (int64_t i = 0; i < H; ++i) {
+      const T bi = gpy * gy[i] - cx - cy;
+      const T* __restrict row = lm + i * W;
+      T* __restrict grow = gm + i * W;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) {
+        const T p = fast_exp(row[j] * inv_t - lse);
+        grow[j] = p * (gpx * gx[j] + bi);
+      }
+    }
+  }
+}
+
+// softmax of v * inv_t (length n) -> q, returns lse and writes the expectation of g under q.
+template <typename T>
+inline T softmax_1d(const T* v, T* q, const T* g, int64_t n, T inv_t, T* expect) {
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < n; ++k) mx = std::max(mx, v[k]);
+  const T shift = mx * inv_t;
+  T s = 0, e = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    q[k] = fast_exp(v[k] * inv_t - shift);
+    s += q[k];
+    e += q[k] * g[k];
+  }
+  *expect = e / s;
+  return shift + std::log(s);
+}
+
+// column means (W) and row means (H) of one map
+template <typename T>
+inline void marginals(const T* __restrict lm, T* __restrict col, T* __restrict row, int64_t H, int64_t W) {
+  for (int64_t j = 0; j < W; ++j) col[j] = 0;
+  for (int64_t i = 0; i < H; ++i) {
+    const T* __restrict r = lm + i * W;
+    T rs = 0;
+#pragma omp simd reduction(+ : rs)
+    for (int64_t j = 0; j < W; ++j) {
+      col[j] += r[j];
+      rs += r[j];
+    }
+    row[i] = rs / T(W);
+  }
+  const T inv_h = T(1) / T(H);
+  for (int64_t j = 0; j < W; ++j) col[j] *= inv_h;
+}
+
+template <typename T>
+void marginal_forward(const T* __restrict l, T* __restrict pts, T* __restrict stats, int64_t M,
+                      int64_t H, int64_t W, T inv_t, int nthreads) {
+  std::vector<T> gx(W), gy(H);
+  for (int64_t j = 0; j < W; ++j) gx[j] = grid_coord<T>(j, W);
+  for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> col(W), row(H), q(std::max(H, W));
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      marginals(l + m * H * W, col.data(), row.data(), H, W);
+      stats[2 * m] = softmax_1d(col.data(), q.data(), gx.data(), W, inv_t, &pts[2 * m]);
+      stats[2 * m + 1] = softmax_1d(row.data(), q.data(), gy.data(), H, inv_t, &pts[2 * m + 1]);
+    }
+  }
+}
+
+template <typename T>
+void marginal_backward(const T* __restrict gp, const T* __restrict l, const T* __restrict stats,
+                       const T* __restrict pts, T* __restrict gl, int64_t M, int64_t H, int64_t W,
+                       T inv_t, int nthreads) {
+  std::vector<T> gx(W), gy(H);
+  for (int64_t j = 0; j < W; ++j) gx[j] = grid_coord<T>(j, W);
+  for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> col(W), row(H);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const T* lm = l + m * H * W;
+      T* __restrict gm = gl + m * H * W;
+      marginals(lm, col.data(), row.data(), H, W);
+      const T ax = gp[2 * m] * inv_t / T(H), ay = gp[2 * m + 1] * inv_t / T(W);
+      const T x = pts[2 * m], y = pts[2 * m + 1];
+      // col[] <- dL/dl contribution of column j, row[] <- of row i
+      for (int64_t j = 0; j < W; ++j) col[j] = ax * fast_exp(col[j] * inv_t - stats[2 * m]) * (gx[j] - x);
+      for (int64_t i = 0; i < H; ++i) row[i] = ay * fast_exp(row[i] * inv_t - stats[2 * m + 1]) * (gy[i] - y);
+      for (int64_t i = 0; i < H; ++i) {
+        T* __restrict grow = gm + i * W;
+        const T bi = row[i];
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) grow[j] = col[j] + bi;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M,
+                         int64_t H, int64_t W, double inv_temperature, bool marginal, int num_threads) {
+  const int nt = clamp_threads(num_threads);
+  if (dtype == kFloat32) {
+    auto f = marginal ? marginal_forward<float> : spatial_forward<float>;
+    f(static_cast<const float*>(logits), static_cast<float*>(points), static_cast<float*>(stats), M, H, W,
+      static_cast<float>(inv_temperature), nt);
+  } else if (dtype == kFloat64) {
+    auto f = marginal ? marginal_forward<double> : spatial_forward<double>;
+    f(static_cast<const double*>(logits), static_cast<double*>(points), static_cast<double*>(stats), M, H, W,
+      inv_temperature, nt);
+  } else {
+    unsupported_dtype("soft_argmax", dtype);
+  }
+}
+
+void soft_argmax_backward(int dtype, const void* grad_points, const void* logits, const void* stats,
+                          const void* points, void* grad_logits, int64_t M, int64_t H, int64_t W,
+                          double inv_temperature, bool marginal, int num_threads) {
+  const int nt = clamp_threads(num_threads);
+  if (dtype == kFloat32) {
+    auto f = marginal ? marginal_backward<float> : spatial_backward<float>;
+    f(static_cast<const float*>(grad_points), static_cast<const float*>(logits), static_cast<const float*>(stats),
+      static_cast<const float*>(points), static_cast<float*>(grad_logits), M, H, W,
+      static_cast<float>(inv_temperature), nt);
+  } else if (dtype == kFloat64) {
+    auto f = marginal ? marginal_backward<double> : spatial_backward<double>;
+    f(static_cast<const double*>(grad_points), static_cast<const double*>(logits), static_cast<const double*>(stats),
+      static_cast<const double*>(points), static_cast<double*>(grad_logits), M, H, W, inv_temperature, nt);
+  } else {
+    unsupported_dtype("soft_argmax", dtype);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastlmk

@@ -1,0 +1,33 @@
+"""fastlmk: unsupervised facial landmark discovery with fused C++/CUDA/Triton kernels.
+
+The ops (each with ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``):
+
+* :func:`soft_argmax` - heatmap logits -> (x, y) points
+* :func:`gaussian_heatmaps` - points -> Gaussian maps
+* :func:`tps_fit`, :func:`random_tps`, :class:`TPS` - thin-plate splines
+* :func:`tps_warp` - warp images with splines
+* :func:`tps_transform_points` - map points with splines
+"""
+
+import torch as _torch  # noqa: F401  (load torch, and its OpenMP runtime, before the kernels)
+
+from fastlmk._backends import BACKENDS
+from fastlmk.gaussian_heatmaps import gaussian_heatmaps
+from fastlmk.soft_argmax import soft_argmax
+from fastlmk.tps import TPS, identity_tps, random_tps, tps_fit
+from fastlmk.tps_transform_points import tps_transform_points
+from fastlmk.tps_warp import tps_warp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "TPS",
+    "gaussian_heatmaps",
+    "identity_tps",
+    "random_tps",
+    "soft_argmax",
+    "tps_fit",
+    "tps_transform_points",
+    "tps_warp",
+]
