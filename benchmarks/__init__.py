@@ -1,0 +1,1 @@
+"""fastlmk benchmarks: ``pytest benchmarks --benchmark-only`` (see conftest.py), ``python -m benchmarks.report``."""

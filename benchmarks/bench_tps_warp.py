@@ -1,0 +1,125 @@
+"""Thin-plate-spline image warping, and TPS pair making.
+
+``tps_warp``: images (B, 3, S, S) warped by given splines on one shared 10x10 control lattice
+(``fastlmk.random_tps``), bilinear, zero padding. Shapes: paper B=32, 3x128x128; large B=32,
+3x256x256 (the batch stays at 32: the reference materialises a (B, S*S, 100, 2) temporary, 1.7 GB
+at this size, and this benchmark runs on a shared machine). Forward+backward differentiates
+w.r.t. the image and the spline coefficients (control points are constants).
+
+``tps_pair_making``: what the training data pipeline does per batch (fastlmk.data.TPSPairs
+without its masks): draw two random splines on the shared lattice (``fastlmk.random_tps``, seeded
+generator) and warp the batch with each, ``x = warp(images, tps)``, ``x' = warp(images, tps')``.
+Forward only (no gradient flows through data augmentation). Same shapes.
+
+kornia: ``kornia.geometry.transform.warp_image_tps(image, centres, kernel_weights,
+affine_weights, align_corners=True)`` with the mapping of :func:`benchmarks.conftest.kornia_tps`
+(kernel weights = 2 w, same affine part, control points expanded per sample). kornia has no
+random-spline sampler, so its pair making draws the splines with ``fastlmk.random_tps`` too (the
+same draws) and only the warps are kornia's; fitting the same splines with kornia's
+``get_tps_transform`` would add B dense (N+3)x(N+3) solves on top.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import fastlmk
+from fastlmk import TPS, reference
+
+from benchmarks.conftest import (MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module,
+                                 kornia_tps, run, seeded, smooth_images)
+
+OP = "tps_warp"
+PAIR_OP = "tps_pair_making"
+GRID = 10
+DIMS = {"paper": (32, 3, 128), "large": (32, 3, 256)}  # B, C, S
+
+_compiled_reference = compiled(reference.tps_warp)
+
+
+def _images(shape: str, device: str) -> torch.Tensor:
+    B, C, S = DIMS[shape]
+    return smooth_images(B, C, S, seeded(2)).to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _case(shape: str, device: str) -> Case:
+    B, C, S = DIMS[shape]
+    image = _images(shape, device)
+    tps = fastlmk.random_tps(B, GRID, generator=seeded(3), device=device)
+    img_bytes = image.numel() * image.element_size()
+    coef_bytes = tps.coef.numel() * tps.coef.element_size()
+    return Case(OP, shape, device, f"B={B} {C}x{S}x{S} {GRID}x{GRID} lattice", (image, tps.ctrl, tps.coef),
+                # the coefficient gradient sums S*S*C float32 terms of both signs: the float32
+                # reference itself is ~1e-4 of its largest entry away from float64
+                diff=(0, 2), rtol=1e-3, atol=1e-3,
+                # forward: read the image, write the output; backward: read the output gradient and
+                # the image (for the coefficient gradient), write the image gradient
+                nbytes={"forward": 2 * img_bytes + coef_bytes, "forward+backward": 5 * img_bytes + 3 * coef_bytes})
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_case(shape: str, device: str) -> Case:
+    B, C, S = DIMS[shape]
+    image = _images(shape, device)
+    img_bytes = image.numel() * image.element_size()
+    return Case(PAIR_OP, shape, device, f"B={B} {C}x{S}x{S} {GRID}x{GRID} lattice, 2 warps", (image,),
+                rtol=1e-3, atol=1e-4, nbytes={"forward": 3 * img_bytes})  # read once, write two views
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_cases():
+    yield
+    _case.cache_clear()
+    _pair_case.cache_clear()
+
+
+def kornia_tps_warp(kornia, image, ctrl, coef):
+    centres, kernel_weights, affine_weights = kornia_tps(ctrl, coef)
+    return kornia.geometry.transform.warp_image_tps(image, centres, kernel_weights, affine_weights, align_corners=True)
+
+
+def warp_fn(provider: str, op: str, device: str):
+    """(warp(image, ctrl, coef), untimed warm-up calls) for ``provider``."""
+    if provider == "reference-eager":
+        return reference.tps_warp, 0
+    if provider == "reference-compile":
+        return _compiled_reference, 1
+    if provider == "kornia":
+        kornia = kornia_module()
+        return (lambda image, ctrl, coef: kornia_tps_warp(kornia, image, ctrl, coef)), 0
+    backend = fastlmk_backend(OP, provider, device)
+    return (lambda image, ctrl, coef: fastlmk.tps_warp(image, TPS(ctrl, coef), backend=backend)), 0
+
+
+@pytest.mark.parametrize("device, provider", device_providers())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tps_warp(benchmark, shape, mode, device, provider):
+    fn, warm = warp_fn(provider, OP, device)
+    run(benchmark, _case(shape, device), provider, mode, fn, reference.tps_warp, warm=warm)
+
+
+def pair_fn(warp, device: str):
+    """Pair making with ``warp``: two random splines (seeded, so every provider draws the same), two warps."""
+    def make_pair(images):
+        B = images.shape[0]
+        gen = seeded(7)
+        tps = fastlmk.random_tps(B, GRID, generator=gen, device=device)
+        tps_prime = fastlmk.random_tps(B, GRID, generator=gen, device=device)
+        x = warp(images, tps.ctrl, tps.coef)
+        x_prime = warp(images, tps_prime.ctrl, tps_prime.coef)
+        return x, x_prime
+
+    return make_pair
+
+
+@pytest.mark.parametrize("device, provider", device_providers())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tps_pair_making(benchmark, shape, device, provider):
+    warp, warm = warp_fn(provider, OP, device)
+    run(benchmark, _pair_case(shape, device), provider, "forward", pair_fn(warp, device),
+        pair_fn(reference.tps_warp, device), warm=warm)

@@ -1,0 +1,316 @@
+"""Shared machinery of the fastlmk benchmarks (``pytest benchmarks --benchmark-only``).
+
+Every benchmark is one (op, mode, shape, device, provider) cell:
+
+* providers: ``reference-eager`` (:mod:`fastlmk.reference`), ``reference-compile``
+  (``torch.compile`` of the same reference function, compiled and warmed up before timing),
+  ``kornia`` (where kornia computes the same function; the convention mapping is documented in
+  each bench file), ``fastlmk-cpu`` on CPU tensors, ``fastlmk-cuda`` and ``fastlmk-triton`` on
+  CUDA tensors. A provider whose kernel is not built (or not written yet), or that needs a device
+  this machine lacks, is skipped with the reason. Triton under the CPU interpreter is never
+  benchmarked (it measures the interpreter, not a kernel).
+* modes: ``forward`` (inputs do not require grad) and ``forward+backward`` (one forward, then
+  ``torch.autograd.grad`` of the outputs with a fixed random upstream gradient w.r.t. every
+  differentiable input; no ``.grad`` accumulation is timed).
+* shapes: ``paper`` and ``large`` (see each bench file).
+
+Each benchmark first runs its step once and checks the answer (outputs and gradients) against
+reference-eager with ``assert_close`` (the worst element is printed on failure); only then is it
+timed. On CUDA every timed call ends with ``torch.cuda.synchronize()``. Rounds are sized to a
+per-benchmark time budget so the whole CPU run stays short (``FASTLMK_BENCH_BUDGET`` seconds,
+default 0.4, at least ``MIN_ROUNDS`` rounds). The metadata that :mod:`benchmarks.report` reads
+(op, mode, shape, provider, device and, on CUDA, bytes moved and bandwidth) is stored in each
+benchmark's ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import pytest
+
+# inductor compiles in-process: no pool of compile workers competing with the timed runs on 2 cores
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
+
+from fastlmk import _backends  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+MODES = ("forward", "forward+backward")
+SHAPES = ("paper", "large")
+REFERENCE = "reference-eager"
+# device on which each provider runs; reference, compile and kornia run on every device present
+PROVIDERS = ("reference-eager", "reference-compile", "kornia", "fastlmk-cpu", "fastlmk-cuda", "fastlmk-triton")
+_FASTLMK_DEVICE = {"fastlmk-cpu": "cpu", "fastlmk-cuda": "cuda", "fastlmk-triton": "cuda"}
+
+BUDGET_S = float(os.environ.get("FASTLMK_BENCH_BUDGET", "0.4"))  # timed seconds per benchmark
+MIN_ROUNDS = 3
+MAX_ROUNDS = 200
+
+# the reference functions are compiled once per (shape, mode, variant): allow that many graphs
+for _name in ("recompile_limit", "cache_size_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 64)
+
+
+def device_providers(providers=PROVIDERS):
+    """pytest params ``(device, provider)``: every provider on every device it can run on here.
+
+    fastlmk-cuda / fastlmk-triton are always listed (on "cuda") so that a CPU-only run reports
+    them as skipped, with the reason, instead of silently leaving them out.
+    """
+    params = []
+    for device in ("cpu", "cuda"):
+        for p in providers:
+            if p in _FASTLMK_DEVICE:
+                if _FASTLMK_DEVICE[p] != device:
+                    continue
+            elif device == "cuda" and not HAS_CUDA:
+                continue
+            params.append(pytest.param(device, p, id=f"{device}-{p}"))
+    return params
+
+
+# --- which fastlmk kernels exist --------------------------------------------------------------
+def kernel_unavailable(op: str, backend: str, device: str) -> Optional[str]:
+    """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can)."""
+    if device == "cuda" and not HAS_CUDA:
+        return "no CUDA device on this machine"
+    if backend == "triton" and device == "cpu":
+        return "triton on CPU runs only in the interpreter, which is not benchmarked"
+    dev = torch.device(device)
+    if not _backends.available(backend, dev):
+        return _backends._why_unavailable(backend, dev)
+    module = {"cpu": _backends.cpu_module, "cuda": _backends.cuda_module, "triton": _backends.triton_module}[backend]()
+    missing = [f"{op}_{d}" for d in ("forward", "backward") if not hasattr(module, f"{op}_{d}")]
+    if missing:
+        return f"the {backend} backend has no {op} kernel in this build (missing {', '.join(missing)})"
+    return None
+
+
+def fastlmk_backend(op: str, provider: str, device: str) -> str:
+    """The fastlmk backend name of a ``fastlmk-*`` provider, or skip the test with the reason."""
+    backend = provider.split("-", 1)[1]
+    why = kernel_unavailable(op, backend, device)
+    if why:
+        pytest.skip(f"{provider}: {why}")
+    return backend
+
+
+def kornia_module():
+    return pytest.importorskip("kornia", reason="kornia is not installed (pip install '.[test]')")
+
+
+# --- a benchmark case -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Case:
+    """One (op, shape, device) problem: inputs, which of them are differentiated, tolerances.
+
+    ``inputs`` is a tuple of tensors/values passed positionally to every provider function;
+    ``diff`` the indices of the differentiable tensor inputs (their gradients are checked and
+    timed in forward+backward mode); ``nbytes`` maps a mode to the minimal bytes an ideal
+    kernel must move (for the achieved-bandwidth column on CUDA).
+    """
+
+    op: str
+    shape: str
+    device: str
+    desc: str
+    inputs: tuple
+    diff: tuple = ()
+    rtol: float = 1e-4
+    atol: float = 1e-5  # relative to the largest |expected| of each compared tensor
+    nbytes: dict = dataclasses.field(default_factory=dict)
+
+
+_REF_CACHE: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clear_reference_cache():
+    yield
+    _REF_CACHE.clear()
+    if HAS_CUDA:
+        torch.cuda.empty_cache()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_step(fn: Callable, case: Case, mode: str) -> Callable:
+    """The timed unit: forward, or forward then autograd.grad w.r.t. the differentiable inputs."""
+    if mode == "forward":
+        inputs = tuple(x.detach() if torch.is_tensor(x) else x for x in case.inputs)
+
+        def step():
+            return fn(*inputs)
+
+        return step
+    inputs = tuple(x.detach().clone().requires_grad_(i in case.diff) if torch.is_tensor(x) else x
+                   for i, x in enumerate(case.inputs))
+    leaves = [inputs[i] for i in case.diff]
+    gen = torch.Generator().manual_seed(1234)
+    grad_out = {}
+
+    def step():
+        out = fn(*inputs)
+        if "g" not in grad_out:  # fixed random upstream gradient, same for every provider
+            grad_out["g"] = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        grads = torch.autograd.grad(out, leaves, grad_out["g"])
+        return (out, *grads)
+
+    return step
+
+
+def assert_close(actual, expected, what: str, rtol: float, atol_rel: float) -> None:
+    """``|a - e| <= atol_rel * max|e| + rtol * |e|`` elementwise; reports the worst element."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.detach().double(), expected.detach().double()
+    atol = atol_rel * (e.abs().max().item() if e.numel() else 0.0)
+    err = (a - e).abs()
+    excess = err - (atol + rtol * e.abs())
+    if e.numel() and excess.max().item() > 0 or not torch.isfinite(a).all():
+        idx = tuple(int(i) for i in torch.unravel_index(torch.argmax(torch.nan_to_num(excess, nan=math.inf)), e.shape))
+        raise AssertionError(
+            f"{what}: mismatch against reference-eager, worst at {idx}: got {a[idx].item():.6g}, "
+            f"expected {e[idx].item():.6g} (|diff| {err[idx].item():.3g}, atol {atol:.3g}, rtol {rtol:g}); "
+            f"max |diff| {err.max().item():.3g}")
+
+
+def check_answer(result, reference, case: Case, provider: str, mode: str) -> None:
+    result = result if isinstance(result, tuple) else (result,)
+    reference = reference if isinstance(reference, tuple) else (reference,)
+    assert len(result) == len(reference)
+    grads = [f"grad[input {i}]" for i in case.diff] if mode == "forward+backward" else []
+    names = [f"output {i}" for i in range(len(result) - len(grads))] + grads
+    for name, a, e in zip(names, result, reference):
+        assert_close(a, e, f"{case.op} {mode} {case.shape} {provider} {name}", case.rtol, case.atol)
+
+
+def reference_result(case: Case, mode: str, reference_fn: Callable):
+    key = (case.op, case.shape, case.device, mode)
+    if key not in _REF_CACHE:
+        _REF_CACHE[key] = make_step(reference_fn, case, mode)()
+        _sync(case.device)
+    return _REF_CACHE[key]
+
+
+_COPY_BW: dict = {}
+
+
+def device_copy_bandwidth(device: str) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (read + write bytes / time), cached."""
+    if device not in _COPY_BW:
+        n = 256 * 2**20 // 4  # 256 MiB of float32
+        src = torch.empty(n, device=device).uniform_()
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        reps = 20
+        start.record()
+        for _ in range(reps):
+            dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(end) / 1e3 / reps
+        _COPY_BW[device] = 2 * src.numel() * src.element_size() / seconds / 1e9
+        del src, dst
+    return _COPY_BW[device]
+
+
+def run(benchmark, case: Case, provider: str, mode: str, fn: Callable, reference_fn: Callable,
+        warm: int = 0, extra: Optional[dict] = None):
+    """Check ``fn`` against ``reference_fn`` on ``case``, then time it with pytest-benchmark.
+
+    ``warm`` extra untimed calls come before the check (compile providers pass 1 or more so
+    compilation is out of the way; the checked call then also warms the compiled code up).
+    """
+    step = make_step(fn, case, mode)
+    for _ in range(warm):
+        step()
+    _sync(case.device)
+    t0 = time.perf_counter()
+    result = step()
+    _sync(case.device)
+    t_first = time.perf_counter() - t0
+    if provider == REFERENCE:
+        _REF_CACHE.setdefault((case.op, case.shape, case.device, mode), result)
+    else:
+        check_answer(result, reference_result(case, mode, reference_fn), case, provider, mode)
+    del result
+
+    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S / max(t_first, 1e-7))))
+    warmup = 1 if t_first < 0.05 else 0
+    if case.device == "cuda":
+        def timed():
+            out = step()
+            torch.cuda.synchronize()
+            return out
+    else:
+        timed = step
+
+    benchmark.group = f"{case.op} | {mode} | {case.shape} | {case.device}"
+    benchmark.extra_info.update(op=case.op, mode=mode, shape=case.shape, shape_desc=case.desc, provider=provider,
+                                device=case.device, torch=torch.__version__, threads=torch.get_num_threads())
+    if extra:
+        benchmark.extra_info.update(extra)
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+
+    stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
+    if case.device == "cuda" and mode in case.nbytes and stats is not None:
+        median = stats.stats.median
+        copy_bw = device_copy_bandwidth(case.device)
+        achieved = case.nbytes[mode] / median / 1e9
+        benchmark.extra_info.update(min_bytes=case.nbytes[mode], achieved_GBps=achieved, copy_GBps=copy_bw,
+                                    fraction_of_copy=achieved / copy_bw, device_name=torch.cuda.get_device_name())
+
+
+def compiled(fn: Callable) -> Callable:
+    """torch.compile of a reference function (static shapes: one specialised graph per shape)."""
+    return torch.compile(fn, dynamic=False)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- kornia's TPS convention ------------------------------------------------------------------
+def kornia_tps(ctrl: torch.Tensor, coef: torch.Tensor):
+    """Our ``TPS(ctrl, coef)`` as kornia's ``(kernel_centers, kernel_weights, affine_weights)``.
+
+    kornia evaluates ``f(p) = a_0 + x a_x + y a_y + sum_i k_i * 0.5 r_i^2 log r_i^2`` (its radial
+    function is ``r^2 log r``, half of our ``U = r^2 log r^2``), with ``affine_weights`` rows
+    ``(a_0, a_x, a_y)`` in our order and (x, y) columns. So the same spline has kernel weights
+    ``2 w`` and the same affine part; kernel centres are our control points, one set per sample
+    (kornia has no shared-lattice form, so ``ctrl`` is expanded to the batch). Done inside the
+    timed kornia functions, from ``coef``, so gradients w.r.t. ``coef`` compare with ours.
+    For images, kornia's ``warp_image_tps(..., align_corners=True)`` then samples the input at
+    ``f(output pixel)`` on the ``linspace(-1, 1)`` grid: our backward mapping and convention.
+    """
+    B, N = coef.shape[0], ctrl.shape[1]
+    return ctrl.expand(B, -1, -1), 2.0 * coef[:, :N], coef[:, N:]
+
+
+def smooth_images(batch: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth images in [0, 1] that fade to 0 at the border (8x8 noise upsampled bicubically,
+    times a sine window).
+
+    Bilinear warping is not differentiable where a sample crosses a pixel centre; with white
+    noise (or with a bright border under zero padding) the slope jumps there by O(1), so two
+    correct implementations whose sample positions differ by float rounding can disagree on the
+    gradient w.r.t. the spline far beyond rounding. Smooth content that fades out at the border
+    keeps every jump small, so the answer check can be tight.
+    """
+    coarse = torch.rand(batch, channels, 8, 8, generator=generator)
+    img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).clamp_(0, 1)
+    window = torch.sin(torch.linspace(0, torch.pi, size))  # 0 at the border pixel centres
+    return img * window[:, None] * window[None, :]
