@@ -50,7 +50,7 @@ _FASTLMK_DEVICE = {"fastlmk-cpu": "cpu", "fastlmk-cuda": "cuda", "fastlmk-triton
 
 BUDGET_S = float(os.environ.get("FASTLMK_BENCH_BUDGET", "0.4"))  # timed seconds per benchmark
 MIN_ROUNDS = 3
-MAX_ROUNDS = 200
+MAX_ROUNDS = 1000
 
 # the reference functions are compiled once per (shape, mode, variant): allow that many graphs
 for _name in ("recompile_limit", "cache_size_limit"):
@@ -156,17 +156,21 @@ def make_step(fn: Callable, case: Case, mode: str) -> Callable:
     inputs = tuple(x.detach().clone().requires_grad_(i in case.diff) if torch.is_tensor(x) else x
                    for i, x in enumerate(case.inputs))
     leaves = [inputs[i] for i in case.diff]
-    gen = torch.Generator().manual_seed(1234)
     grad_out = {}
 
     def step():
         out = fn(*inputs)
-        if "g" not in grad_out:  # fixed random upstream gradient, same for every provider
-            grad_out["g"] = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        if "g" not in grad_out:
+            grad_out["g"] = upstream_grad(out)
         grads = torch.autograd.grad(out, leaves, grad_out["g"])
         return (out, *grads)
 
     return step
+
+
+def upstream_grad(out: torch.Tensor) -> torch.Tensor:
+    """The fixed random gradient fed to backward: the same for every provider of a case."""
+    return torch.randn(out.shape, generator=seeded(1234), dtype=out.dtype).to(out.device)
 
 
 def assert_close(actual, expected, what: str, rtol: float, atol_rel: float) -> None:
@@ -227,14 +231,16 @@ def device_copy_bandwidth(device: str) -> float:
     return _COPY_BW[device]
 
 
-def run(benchmark, case: Case, provider: str, mode: str, fn: Callable, reference_fn: Callable,
-        warm: int = 0, extra: Optional[dict] = None):
+def run(benchmark, case: Case, provider: str, mode: str, fn: Optional[Callable], reference_fn: Callable,
+        warm: int = 0, extra: Optional[dict] = None, step: Optional[Callable] = None):
     """Check ``fn`` against ``reference_fn`` on ``case``, then time it with pytest-benchmark.
 
     ``warm`` extra untimed calls come before the check (compile providers pass 1 or more so
     compilation is out of the way; the checked call then also warms the compiled code up).
+    ``step`` replaces ``make_step(fn, case, mode)`` where a provider does its own backward (it
+    must return what make_step's step returns: the output, then the gradients).
     """
-    step = make_step(fn, case, mode)
+    step = step or make_step(fn, case, mode)
     for _ in range(warm):
         step()
     _sync(case.device)
@@ -314,3 +320,34 @@ def smooth_images(batch: int, channels: int, size: int, generator: torch.Generat
     img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).clamp_(0, 1)
     window = torch.sin(torch.linspace(0, torch.pi, size))  # 0 at the border pixel centres
     return img * window[:, None] * window[None, :]
+
+
+
+# --- machine description stored in the JSON (with the load average: this machine is shared) ---
+def _versions() -> dict:
+    info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        import kornia
+
+        info["kornia"] = kornia.__version__
+    except ImportError:
+        pass
+    if HAS_CUDA:
+        info["cuda_device"] = torch.cuda.get_device_name()
+        info["cuda_runtime"] = torch.version.cuda
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info.update(_versions())
+    machine_info["loadavg_at_start"] = list(os.getloadavg())
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["machine_info"]["loadavg_at_end"] = list(os.getloadavg())

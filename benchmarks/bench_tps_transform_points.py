@@ -1,0 +1,72 @@
+"""Thin-plate-spline point mapping: points (B, M, 2) -> f(points) (B, M, 2).
+
+The landmark side of the TPS pair: mapping the detected points of one view through a spline.
+Splines from ``fastlmk.random_tps`` on one shared 10x10 lattice. Shapes: paper B=32, M=10 points;
+large B=64, M=68 points. Points uniform in [-1, 1]^2. Forward+backward differentiates w.r.t. the
+points and the spline coefficients. These are tiny problems: the per-call overhead dominates.
+
+kornia: ``kornia.geometry.transform.warp_points_tps(points, centres, kernel_weights,
+affine_weights)`` with the mapping of :func:`benchmarks.conftest.kornia_tps` (kernel weights =
+2 w, same affine part, control points expanded per sample).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import fastlmk
+from fastlmk import TPS, reference
+
+from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module, kornia_tps, run, seeded
+
+OP = "tps_transform_points"
+GRID = 10
+DIMS = {"paper": (32, 10), "large": (64, 68)}  # B, M
+
+_compiled_reference = compiled(reference.tps_transform_points)
+
+
+@functools.lru_cache(maxsize=None)
+def _case(shape: str, device: str) -> Case:
+    B, M = DIMS[shape]
+    points = (torch.rand(B, M, 2, generator=seeded(4)) * 2 - 1).to(device)
+    tps = fastlmk.random_tps(B, GRID, generator=seeded(5), device=device)
+    pb = points.numel() * points.element_size()
+    cb = tps.coef.numel() * tps.coef.element_size()
+    return Case(OP, shape, device, f"B={B} M={M} {GRID}x{GRID} lattice", (points, tps.ctrl, tps.coef), diff=(0, 2),
+                rtol=1e-4, atol=1e-4,
+                nbytes={"forward": 2 * pb + cb, "forward+backward": 4 * pb + 3 * cb})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_cases():
+    yield
+    _case.cache_clear()
+
+
+def kornia_tps_transform_points(kornia, points, ctrl, coef):
+    centres, kernel_weights, affine_weights = kornia_tps(ctrl, coef)
+    return kornia.geometry.transform.warp_points_tps(points, centres, kernel_weights, affine_weights)
+
+
+def provider_fn(provider: str, device: str):
+    if provider == "reference-eager":
+        return reference.tps_transform_points, 0
+    if provider == "reference-compile":
+        return _compiled_reference, 1
+    if provider == "kornia":
+        kornia = kornia_module()
+        return (lambda points, ctrl, coef: kornia_tps_transform_points(kornia, points, ctrl, coef)), 0
+    backend = fastlmk_backend(OP, provider, device)
+    return (lambda points, ctrl, coef: fastlmk.tps_transform_points(points, TPS(ctrl, coef), backend=backend)), 0
+
+
+@pytest.mark.parametrize("device, provider", device_providers())
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tps_transform_points(benchmark, shape, mode, device, provider):
+    fn, warm = provider_fn(provider, device)
+    run(benchmark, _case(shape, device), provider, mode, fn, reference.tps_transform_points, warm=warm)
