@@ -9,7 +9,9 @@ w.r.t. the image and the spline coefficients (control points are constants).
 ``tps_pair_making``: what the training data pipeline does per batch (fastlmk.data.TPSPairs
 without its masks): draw two random splines on the shared lattice (``fastlmk.random_tps``, seeded
 generator) and warp the batch with each, ``x = warp(images, tps)``, ``x' = warp(images, tps')``.
-Forward only (no gradient flows through data augmentation). Same shapes.
+Forward only (no gradient flows through data augmentation). Paper shape only: at the large shape
+it is two of the large ``tps_warp`` forward calls plus the same tiny spline draws, and the slow
+providers would spend a fifth of the CPU run's time budget on it.
 
 kornia: ``kornia.geometry.transform.warp_image_tps(image, centres, kernel_weights,
 affine_weights, align_corners=True)`` with the mapping of :func:`benchmarks.conftest.kornia_tps`
@@ -53,9 +55,11 @@ def _case(shape: str, device: str) -> Case:
     img_bytes = image.numel() * image.element_size()
     coef_bytes = tps.coef.numel() * tps.coef.element_size()
     return Case(OP, shape, device, f"B={B} {C}x{S}x{S} {GRID}x{GRID} lattice", (image, tps.ctrl, tps.coef),
-                # the coefficient gradient sums S*S*C float32 terms of both signs: the float32
-                # reference itself is ~1e-4 of its largest entry away from float64
-                diff=(0, 2), rtol=1e-3, atol=1e-3,
+                # the coefficient gradient sums S*S*C float32 terms of both signs: two correct float32
+                # results differ by up to ~1% of its largest entry at 256x256, so the elementwise
+                # float32 comparison of gradients is only a sanity check; the float64 comparison on a
+                # few samples (conftest.check_answer) is the precise one
+                diff=(0, 2), rtol=1e-3, atol=1e-4, grad_atol=3e-2,
                 # forward: read the image, write the output; backward: read the output gradient and
                 # the image (for the coefficient gradient), write the image gradient
                 nbytes={"forward": 2 * img_bytes + coef_bytes, "forward+backward": 5 * img_bytes + 3 * coef_bytes})
@@ -67,7 +71,11 @@ def _pair_case(shape: str, device: str) -> Case:
     image = _images(shape, device)
     img_bytes = image.numel() * image.element_size()
     return Case(PAIR_OP, shape, device, f"B={B} {C}x{S}x{S} {GRID}x{GRID} lattice, 2 warps", (image,),
-                rtol=1e-3, atol=1e-4, nbytes={"forward": 3 * img_bytes})  # read once, write two views
+                rtol=1e-3, atol=1e-4, nbytes={"forward": 3 * img_bytes},  # read once, write two views
+                # random_tps draws depend on the batch size, so a float64 rerun on a few samples
+                # would draw other splines: checked elementwise against float32 only (the warp
+                # itself gets the float64 check in test_tps_warp)
+                f64_check=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +126,7 @@ def pair_fn(warp, device: str):
 
 
 @pytest.mark.parametrize("device, provider", device_providers())
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", ["paper"])
 def test_tps_pair_making(benchmark, shape, device, provider):
     warp, warm = warp_fn(provider, OP, device)
     run(benchmark, _pair_case(shape, device), provider, "forward", pair_fn(warp, device),
