@@ -4,7 +4,7 @@
     python -m benchmarks.report bench.json [--out table.md]
 
 For every device: one row per (op, mode, shape, provider) with the median time, the
-interquartile range, the number of rounds and the ratio to reference-eager of the same
+interquartile range, the minimum (on a shared machine the least disturbed round), the number of rounds and the ratio to reference-eager of the same
 (op, mode, shape) -- ``x3.2`` means 3.2 times faster than reference-eager, ``x0.5`` twice as
 slow -- plus, on CUDA, the achieved bandwidth (minimal bytes / median) and its fraction of the
 measured device copy bandwidth. Then a summary: for each (op, mode, shape), how many times
@@ -58,7 +58,7 @@ def load_rows(data: dict) -> list[dict]:
             continue
         s = b["stats"]
         rows.append(dict(op=info["op"], mode=info["mode"], shape=info["shape"], provider=info["provider"],
-                         device=info.get("device", "cpu"), desc=info.get("shape_desc", ""), median=s["median"],
+                         device=info.get("device", "cpu"), desc=info.get("shape_desc", ""), median=s["median"], min=s["min"],
                          iqr=s["iqr"], rounds=s["rounds"], gbps=info.get("achieved_GBps"),
                          copy=info.get("copy_GBps"), frac=info.get("fraction_of_copy")))
     return rows
@@ -72,14 +72,14 @@ def _sort_key(r):
 def device_table(rows: list[dict]) -> str:
     ref = {(r["op"], r["mode"], r["shape"]): r["median"] for r in rows if r["provider"] == REFERENCE}
     gpu = any(r["gbps"] is not None for r in rows)
-    head = ["op", "mode", "shape", "provider", "median", "IQR", "rounds", "vs reference-eager"]
+    head = ["op", "mode", "shape", "provider", "median", "IQR", "min", "rounds", "vs reference-eager"]
     if gpu:
         head += ["GB/s", "% of copy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
     for r in sorted(rows, key=_sort_key):
         base = ref.get((r["op"], r["mode"], r["shape"]))
         cells = [f"`{r['op']}`", r["mode"], f"{r['shape']} ({r['desc']})" if r["desc"] else r["shape"],
-                 r["provider"], fmt_time(r["median"]), fmt_time(r["iqr"]), str(r["rounds"]),
+                 r["provider"], fmt_time(r["median"]), fmt_time(r["iqr"]), fmt_time(r["min"]), str(r["rounds"]),
                  fmt_ratio(base / r["median"]) if base else ""]
         if gpu:
             cells += [f"{r['gbps']:.0f}" if r["gbps"] is not None else "",
@@ -110,12 +110,34 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render(data: dict) -> str:
+def machine_block(data: dict) -> str:
+    """Where and when: date, CPU, cores/threads, versions, load average (shared machines)."""
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {})
+    lines = [f"- date: {data.get('datetime', '?')}"]
+    lines.append(f"- CPU: {cpu.get('brand_raw', '?')}, {mi.get('cpu_count', cpu.get('count', '?'))} cores, "
+                 f"torch threads {mi.get('torch_threads', '?')}")
+    if "cuda_device" in mi:
+        lines.append(f"- GPU: {mi['cuda_device']}, CUDA runtime {mi.get('cuda_runtime', '?')}, "
+                     f"triton {mi.get('triton', '-')}")
+    lines.append(f"- torch {mi.get('torch', '?')}, kornia {mi.get('kornia', '-')}, "
+                 f"Python {mi.get('python_version', '?')}")
+    commit = data.get("commit_info", {})
+    if commit.get("id"):
+        lines.append(f"- commit {commit['id'][:12]}{' (dirty)' if commit.get('dirty') else ''}")
+    if "loadavg_at_start" in mi:
+        fmt = lambda v: "/".join(f"{x:.1f}" for x in v)  # noqa: E731
+        lines.append(f"- load average (1/5/15 min) at start {fmt(mi['loadavg_at_start'])}, "
+                     f"at end {fmt(mi.get('loadavg_at_end', []))}")
+    return "\n".join(lines) + "\n"
+
+
+def render(data: dict, machine: bool = True) -> str:
     rows = load_rows(data)
     by_device = defaultdict(list)
     for r in rows:
         by_device[r["device"]].append(r)
-    out = []
+    out = [machine_block(data)] if (machine and rows) else []
     for device in sorted(by_device, key=lambda d: (d != "cpu", d)):
         drows = by_device[device]
         main = [r for r in drows if not r["op"].startswith("overhead:")]
