@@ -188,7 +188,7 @@ void marginal_backward(const T* __restrict gp, const T* __restrict l, const T* _
 
 void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M,
                          int64_t H, int64_t W, double inv_temperature, bool marginal, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     auto f = marginal ? marginal_forward<float> : spatial_forward<float>;
     f(static_cast<const float*>(logits), static_cast<float*>(points), static_cast<float*>(stats), M, H, W,
@@ -205,7 +205,7 @@ void soft_argmax_forward(int dtype, const void* logits, void* points, void* stat
 void soft_argmax_backward(int dtype, const void* grad_points, const void* logits, const void* stats,
                           const void* points, void* grad_logits, int64_t M, int64_t H, int64_t W,
                           double inv_temperature, bool marginal, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     auto f = marginal ? marginal_backward<float> : spatial_backward<float>;
     f(static_cast<const float*>(grad_points), static_cast<const float*>(logits), static_cast<const float*>(stats),

@@ -403,7 +403,7 @@ void tps_warp_forward(int dtype, const void* image, const void* ctrl, const void
                       bool border, int num_threads) {
   check_size("input", Hin, Win);
   const Geometry g{B, C, Hin, Win, Hout, Wout, N, shared_ctrl};
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(B * Hout * Wout * (N + C), num_threads);
   if (dtype == kFloat32) {
     dispatch_forward<float>(g, image, ctrl, coef, out, border, nt);
   } else if (dtype == kFloat64) {
@@ -419,7 +419,7 @@ void tps_warp_backward(int dtype, const void* grad_out, const void* image, const
   check_size("input", Hin, Win);
   if (grad_image == nullptr && grad_coef == nullptr) return;
   const Geometry g{B, C, Hin, Win, Hout, Wout, N, shared_ctrl};
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(B * Hout * Wout * (N + C), num_threads);
   if (dtype == kFloat32) {
     dispatch_backward<float>(g, grad_out, image, ctrl, coef, grad_image, grad_coef, border, nt);
   } else if (dtype == kFloat64) {
