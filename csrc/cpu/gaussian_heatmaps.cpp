@@ -115,7 +115,7 @@ void backward(const T* __restrict grad, const T* __restrict pts, T* __restrict g
 
 void gaussian_heatmaps_forward(int dtype, const void* points, void* out, int64_t M, int64_t H, int64_t W,
                                double inv_two_var, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     forward<float>(static_cast<const float*>(points), static_cast<float*>(out), M, H, W,
                    static_cast<float>(inv_two_var), nt);
@@ -128,7 +128,7 @@ void gaussian_heatmaps_forward(int dtype, const void* points, void* out, int64_t
 
 void gaussian_heatmaps_backward(int dtype, const void* grad_out, const void* points, void* grad_points,
                                 int64_t M, int64_t H, int64_t W, double inv_two_var, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     backward<float>(static_cast<const float*>(grad_out), static_cast<const float*>(points),
                     static_cast<float*>(grad_points), M, H, W, static_cast<float>(inv_two_var), nt);

@@ -160,8 +160,7 @@ void backward(const T* grad, const T* pts, const T* ctrl, const T* coef, T* grad
 
 void tps_transform_points_forward(int dtype, const void* points, const void* ctrl, const void* coef, void* out,
                                   int64_t B, int64_t M, int64_t N, bool shared_ctrl, int num_threads) {
-  // Tiny problems (B*M*N below ~64k) run on one thread: waking a team costs more than the work.
-  const int nt = B * M * N < (1 << 16) ? 1 : clamp_threads(num_threads);
+  const int nt = threads_for(B * M * N, num_threads);
   if (dtype == kFloat32) {
     forward<float>(static_cast<const float*>(points), static_cast<const float*>(ctrl), static_cast<const float*>(coef),
                    static_cast<float*>(out), B, M, N, shared_ctrl, nt);
@@ -177,7 +176,7 @@ void tps_transform_points_backward(int dtype, const void* grad_out, const void* 
                                    const void* coef, void* grad_points, void* grad_coef, int64_t B, int64_t M,
                                    int64_t N, bool shared_ctrl, int num_threads) {
   if (grad_points == nullptr && grad_coef == nullptr) return;
-  const int nt = B * M * N < (1 << 16) ? 1 : clamp_threads(num_threads);
+  const int nt = threads_for(B * M * N, num_threads);
   if (dtype == kFloat32) {
     backward<float>(static_cast<const float*>(grad_out), static_cast<const float*>(points),
                     static_cast<const float*>(ctrl), static_cast<const float*>(coef), static_cast<float*>(grad_points),
