@@ -240,7 +240,10 @@ def test_gradcheck_float64(device):
 def test_half_inputs(device, dtype):
     """float16 / bfloat16 run with float32 accumulation: results close to float64 on the same
     (rounded) inputs, within a few units of the dtype's resolution. (The strict low-precision
-    criterion, against the reference's own low-precision error, is tests/test_low_precision.py.)"""
+    criterion, against the reference's own low-precision error, is tests/test_low_precision.py.)
+    Note: Triton's interpreter (triton 3.9) rounds float32 -> bfloat16 toward zero where compiled
+    Triton rounds to nearest even, so on CPU bfloat16 outputs may be one unit off; the tolerance
+    allows for it."""
     g = torch.Generator().manual_seed(6)
     tol = 4 * torch.finfo(dtype).eps
     x = torch.randn(2, 3, 9, 10, generator=g).to(device, dtype)
