@@ -77,9 +77,11 @@ def available(backend: str, device: torch.device) -> bool:
     if backend == "cpu":
         return device.type == "cpu" and cpu_module() is not None
     if backend == "cuda":
-        return device.type == "cuda" and cuda_module() is not None
+        return device.type == "cuda" and torch.cuda.is_available() and cuda_module() is not None
     if backend == "triton":
         if device.type == "cpu" and not triton_interpreted():
+            return False
+        if device.type == "cuda" and not torch.cuda.is_available():
             return False
         return device.type in ("cpu", "cuda") and triton_module() is not None
     return False
