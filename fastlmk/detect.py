@@ -249,7 +249,8 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Detect landmarks with a trained fastlmk detector; writes the "
                                             "landmarks (pixels of the original images) and overlay PNGs.")
     p.add_argument("input", help="an image file or a folder of images")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by python -m fastlmk.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by python -m fastlmk.train, or a run directory (its newest checkpoint)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="landmarks file format")
     p.add_argument("--crop", choices=("none", "center"), default="none",
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.crop_scale <= 1:
         raise SystemExit(f"{PROG}: error: --crop-scale must be in (0, 1], got {args.crop_scale}")
     ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise SystemExit(f"{PROG}: error: checkpoint not found: {ckpt}")
     try:
         files, root = list_images(args.input, recursive=args.recursive)
@@ -281,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         detector, config = _load_detector(str(ckpt), device)
-    except Exception as e:  # the CLI boundary: report any loading failure as one clear line
-        raise SystemExit(f"{PROG}: error: cannot load checkpoint {ckpt}: {e}") from None
+    except (FileNotFoundError, ValueError) as e:  # load_detector's errors name the file already
+        raise SystemExit(f"{PROG}: error: {e}") from None
+    except Exception as e:  # the CLI boundary: any other loading failure as one clear line
+        raise SystemExit(f"{PROG}: error: cannot load checkpoint {ckpt}: {type(e).__name__}: {e}") from None
 
     from fastlmk.evaluate import detector_image_size
 

@@ -282,13 +282,15 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
 # --- supervised upper bound ------------------------------------------------------------------
 def train_supervised(train_set, steps: int, arch: str = "conv", image_size: int | None = None,
                      batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 5e-4, device="cpu",
-                     seed: int = 0, progress: bool = True, num_workers: int = 0, **detector_kwargs):
+                     seed: int = 0, progress: bool = True, num_workers: int = 0, history: list | None = None,
+                     **detector_kwargs):
     """Train ``fastlmk.model.Detector(num_landmarks=5, ...)`` on the annotations (upper bound).
 
     The loss is the MSE between the detector's soft-argmax points and the annotated landmarks
     (normalised coordinates); Adam with the training run's betas (0, 0.9). ``detector_kwargs``
     (width, temperature, std, backend, ...) go to the Detector unchanged, so the bound uses the
-    same architecture as the unsupervised model it is compared with.
+    same architecture as the unsupervised model it is compared with. No augmentation. When a
+    ``history`` list is given, the loss of every step is appended to it.
 
     Returns:
         The trained Detector, in eval mode, on ``device``.
@@ -328,7 +330,10 @@ def train_supervised(train_set, steps: int, arch: str = "conv", image_size: int 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(detector.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.2e}")  # note: a sync point, fine at this scale
+        loss_value = loss.item()  # note: a sync point, fine at this scale
+        bar.set_postfix(loss=f"{loss_value:.2e}")
+        if history is not None:
+            history.append(loss_value)
     detector.eval()
     return detector
 
@@ -453,13 +458,16 @@ def detector_image_size(detector, config: dict | None) -> int:
 
 
 def supervised_config_from(detector, config: dict | None) -> dict:
-    """Detector arguments for the supervised bound, so it has the unsupervised model's shape."""
+    """Detector arguments for the supervised bound, so it has the unsupervised model's shape
+    (TrainConfig keys detector_arch, detector_width, temperature, gaussian_std, backend; else the
+    detector's own attributes)."""
     cfg = {}
-    for key, names in (("arch", ("arch", "detector_arch")), ("width", ("width", "detector_width")),
-                       ("temperature", ("temperature",)), ("std", ("std", "gaussian_std"))):
-        v = _config_get(config or {}, *names)
+    for key, conf_key, attr in (("arch", "detector_arch", "arch"), ("width", "detector_width", "width"),
+                                ("temperature", "temperature", "temperature"), ("std", "gaussian_std", "std_px"),
+                                ("backend", "backend", "backend")):
+        v = _config_get(config or {}, conf_key)
         if v is None:
-            v = getattr(detector, key, None)
+            v = getattr(detector, attr, None)
         if v is not None and isinstance(v, (int, float, str)):
             cfg[key] = v
     return cfg
@@ -471,16 +479,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate a trained landmark detector with the linear-regression protocol "
                     "(error in %% of inter-ocular distance, IMM and SAIC variants, N-shot rows, "
                     "backward error, mean-shape baseline, optional supervised upper bound).")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by python -m fastlmk.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by python -m fastlmk.train, or a run directory (its newest checkpoint)")
     p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="annotated data set (default: synth, or mafl for a model trained on celeba)")
+                   help="annotated data set (default: the run's eval_dataset; else synth for synth, mafl for celeba)")
     p.add_argument("--data-root", default=None, help="data set folder (default: the one in the checkpoint config)")
     p.add_argument("--out", default=None, help="output folder (default: <run dir>/eval_<dataset>)")
     p.add_argument("--supervised-steps", type=int, default=0,
                    help="also train the supervised upper bound for this many steps (0: skip)")
     p.add_argument("--supervised-batch-size", type=int, default=32)
-    p.add_argument("--num-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--num-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--num-train", type=int, default=None,
+                   help="use only the first N training images (default: the run's eval_train_size; 0 = all)")
+    p.add_argument("--num-test", type=int, default=None,
+                   help="use only the first N test images (default: the run's eval_test_size; 0 = all)")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="random subsets per N-shot row")
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="relative ridge of the SAIC variant")
     p.add_argument("--batch-size", type=int, default=64)
@@ -500,36 +511,44 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     prog = "fastlmk.evaluate"
     ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise SystemExit(f"{prog}: error: checkpoint not found: {ckpt}")
     for name in ("num_train", "num_test", "supervised_steps", "repeats", "batch_size"):
         v = getattr(args, name)
-        if v is not None and v < (0 if name == "supervised_steps" else 1):
-            raise SystemExit(f"{prog}: error: --{name.replace('_', '-')} must be >= "
-                             f"{0 if name == 'supervised_steps' else 1}, got {v}")
-    try:
-        from fastlmk.checkpoint import load_detector
-        from fastlmk.data import build_dataset
-    except ImportError as e:  # pragma: no cover - only in a partial checkout
-        raise SystemExit(f"{prog}: error: this checkout lacks a module the command needs ({e})") from None
+        low = 0 if name in ("supervised_steps", "num_train", "num_test") else 1
+        if v is not None and v < low:
+            raise SystemExit(f"{prog}: error: --{name.replace('_', '-')} must be >= {low}, got {v}")
+    from fastlmk.checkpoint import load_detector, resolve_checkpoint
+    from fastlmk.data import build_dataset
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    detector, config = load_detector(str(ckpt), map_location=device)
+    try:
+        ckpt = Path(resolve_checkpoint(str(ckpt)))
+        detector, config = load_detector(str(ckpt), map_location=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
     detector.to(device)
     size = detector_image_size(detector, config)
 
-    trained_on = str(_config_get(config, "dataset", "data", default="synth"))
-    dataset = args.dataset or ("mafl" if trained_on in ("celeba", "mafl") else
-                               trained_on if trained_on in DATASETS else "synth")
-    root = args.data_root or (_config_get(config, "data_root", "root") if dataset != "synth" else None)
+    trained_on = str(_config_get(config, "dataset", default="synth"))
+    dataset = args.dataset or _config_get(config, "eval_dataset") or (
+        "mafl" if trained_on in ("celeba", "mafl") else trained_on if trained_on in DATASETS else "synth")
+    if dataset not in DATASETS:
+        raise SystemExit(f"{prog}: error: the checkpoint's eval_dataset {dataset!r} is not one of {DATASETS}; "
+                         f"pass --dataset")
+    root = args.data_root or (_config_get(config, "data_root") or None if dataset != "synth" else None)
     try:
         train_set = build_dataset(dataset, root=root, split="train", size=size)
         test_set = build_dataset(dataset, root=root, split="test", size=size)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{prog}: error: {e}") from None
-    if args.num_train:
-        train_set = torch.utils.data.Subset(train_set, range(min(args.num_train, len(train_set))))
-    if args.num_test:
-        test_set = torch.utils.data.Subset(test_set, range(min(args.num_test, len(test_set))))
+    # sizes: --num-train/--num-test, else the run's eval_train_size/eval_test_size (0 = all)
+    n_train = args.num_train if args.num_train is not None else _config_get(config, "eval_train_size", default=0)
+    n_test = args.num_test if args.num_test is not None else _config_get(config, "eval_test_size", default=0)
+    if n_train:
+        train_set = torch.utils.data.Subset(train_set, range(min(int(n_train), len(train_set))))
+    if n_test:
+        test_set = torch.utils.data.Subset(test_set, range(min(int(n_test), len(test_set))))
     out = Path(args.out) if args.out else _default_run_dir(ckpt) / f"eval_{dataset}"
     sup_cfg = supervised_config_from(detector, config)
     sup_cfg["batch_size"] = args.supervised_batch_size

@@ -62,3 +62,19 @@ class BlobFaces(torch.utils.data.Dataset):
         S = self.size
         px = (self.landmarks[i, :3] + 1) / 2 * (S - 1)
         return {"image": blob_image(S, S, px.tolist(), sigma=S / 24), "landmarks": self.landmarks[i], "index": i}
+
+
+def tiny_checkpoint(path, num_landmarks: int = 4, image_size: int = 32, seed: int = 0):
+    """A real fastlmk checkpoint (fastlmk.checkpoint format) of a randomly initialised small
+    conv Detector. Returns (path, detector)."""
+    from fastlmk.checkpoint import save_checkpoint
+    from fastlmk.config import TrainConfig
+    from fastlmk.model import Detector
+
+    torch.manual_seed(seed)
+    cfg = TrainConfig(num_landmarks=num_landmarks, detector_arch="conv", detector_width=8, image_size=image_size,
+                      eval_train_size=0, eval_test_size=0).to_dict()
+    det = Detector(num_landmarks=num_landmarks, arch="conv", width=8, image_size=image_size,
+                   temperature=cfg["temperature"], std=cfg["gaussian_std"]).eval()
+    save_checkpoint(str(path), {"config": cfg, "detector": det.state_dict(), "step": 0})
+    return path, det

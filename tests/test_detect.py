@@ -142,3 +142,37 @@ def test_cli_single_file_and_errors(image_folder, standin_checkpoint, tmp_path):
     empty.mkdir()
     with pytest.raises(SystemExit, match="no image files"):
         detect.main([str(empty), "--checkpoint", str(standin_checkpoint), "--out", str(out)])
+
+
+def test_cli_real_checkpoint(image_folder, tmp_path):
+    """A real (randomly initialised) Detector checkpoint: the CLI loads its weights and reports
+    K points per image, the same points as the in-memory detector, inside the image."""
+    from _standins import tiny_checkpoint
+
+    d, truth = image_folder
+    ckpt, det = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.pt", num_landmarks=4, image_size=32)
+    out = tmp_path / "det"
+    # a run directory stands for its newest checkpoint
+    assert detect.main([str(d), "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "landmarks.json").read_text())
+    assert doc["image_size"] == 32 and doc["num_landmarks"] == 4
+    for r in doc["images"]:
+        w, h, _ = truth[r["file"]]
+        assert len(r["landmarks"]) == 4
+        assert all(0 <= x <= w - 1 and 0 <= y <= h - 1 for x, y in r["landmarks"])
+        im = detect.load_image(d / r["file"])
+        box = detect.crop_box(w, h)
+        with torch.no_grad():
+            expected = detect.to_original_pixels(det(detect.preprocess(im, 32, box)[None]).points[0], box, 32)
+        got = torch.tensor(r["landmarks"], dtype=torch.float64)
+        torch.testing.assert_close(got, expected, atol=0.006, rtol=0)  # 2 decimals in the file
+        with Image.open(out / "overlays" / r["file"]) as o:
+            assert o.size == (w, h)
+
+
+def test_cli_corrupt_checkpoint(image_folder, tmp_path):
+    d, _ = image_folder
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(SystemExit, match="bad.pt.*corrupt"):
+        detect.main([str(d), "--checkpoint", str(bad), "--out", str(tmp_path / "o")])

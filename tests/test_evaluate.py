@@ -195,3 +195,95 @@ def test_extract_points_checks_predictions():
     unlabelled = [{"image": torch.zeros(3, 8, 8)} for _ in range(2)]
     with pytest.raises(ValueError, match="no 'landmarks'"):
         ev.extract_points(lambda x: torch.zeros(len(x), 2, 2), unlabelled, progress=False)
+
+
+def test_supervised_upper_bound_trains_and_is_reported(tmp_path):
+    """train_supervised (the real fastlmk.model.Detector, 5 landmarks) lowers its MSE on a fixed
+    batch, and evaluate_detector adds the supervised row to the results and the report."""
+    train, test = BlobFaces(8, size=16, seed=0), BlobFaces(8, size=16, seed=1)
+    history = []
+    res = ev.evaluate_detector(BlobDetector(16), train, test, "cpu", out_dir=tmp_path, progress=False,
+                               supervised_steps=20, repeats=2,
+                               supervised_config={"arch": "conv", "width": 8, "batch_size": 8, "lr": 3e-3,
+                                                  "history": history})
+    assert len(history) == 20 and all(math.isfinite(h) for h in history)
+    assert sum(history[-5:]) / 5 < 0.7 * history[0], history
+    sup = res["supervised"]
+    assert sup["steps"] == 20 and len(sup["per_landmark"]) == 5 and math.isfinite(sup["error"])
+    assert sup["error"] == pytest.approx(sum(sup["per_landmark"]) / 5)
+    assert "supervised upper bound" in (tmp_path / "eval.md").read_text()
+    det = ev.train_supervised(train, 1, arch="conv", width=8, batch_size=4, progress=False)
+    assert det.num_landmarks == 5 and not det.training
+
+
+# --- the command line ---------------------------------------------------------------------
+@pytest.fixture
+def blob_data(monkeypatch):
+    """fastlmk.data.build_dataset replaced by BlobFaces (fast, and independent of the data
+    package): the CLI plumbing is what is tested here."""
+    import sys
+    import types
+
+    calls = []
+
+    def build_dataset(name, root=None, split="train", size=128, **kw):
+        calls.append((name, root, split, size))
+        if name != "synth":
+            raise FileNotFoundError(f"dataset folder not found: {root}")
+        return BlobFaces(200 if split == "train" else 50, size=size, seed=0 if split == "train" else 1)
+
+    mod = types.ModuleType("fastlmk.data")
+    mod.build_dataset = build_dataset
+    monkeypatch.setitem(sys.modules, "fastlmk.data", mod)
+    return calls
+
+
+def test_cli_writes_the_report(tmp_path, blob_data, capsys):
+    from _standins import tiny_checkpoint
+
+    run = tmp_path / "run"
+    tiny_checkpoint(run / "checkpoints" / "step_00000010.pt", num_landmarks=4, image_size=32)
+    assert ev.main(["--checkpoint", str(run), "--num-train", "120", "--repeats", "2", "--no-progress"]) == 0
+    assert blob_data == [("synth", None, "train", 32), ("synth", None, "test", 32)]
+    out = run / "eval_synth"  # default: next to the run's checkpoints
+    res = json.loads((out / "eval.json").read_text())
+    assert (res["num_train"], res["num_test"], res["num_points"]) == (120, 50, 4)
+    assert res["dataset"] == "synth" and res["checkpoint"].endswith("step_00000010.pt")
+    assert [r["label"] for r in res["nshot"]] == ["1", "5", "10", "100", "all"]
+    assert math.isfinite(res["forward"]["saic"]) and res["mean_shape"] > 5
+    assert (out / "eval.md").read_text() == ev.results_markdown(res, "step_00000010.pt on synth")
+    assert "| training images N |" in capsys.readouterr().out
+    with Image.open(out / "eval.png") as im:
+        assert im.format == "PNG"
+
+
+def test_cli_errors(tmp_path, blob_data):
+    from _standins import tiny_checkpoint
+
+    with pytest.raises(SystemExit, match="checkpoint not found: .*nope.pt"):
+        ev.main(["--checkpoint", str(tmp_path / "nope.pt")])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match="bad.pt.*corrupt"):
+        ev.main(["--checkpoint", str(bad)])
+    ckpt, _ = tiny_checkpoint(tmp_path / "c.pt", image_size=32)
+    with pytest.raises(SystemExit, match="dataset folder not found: /no/such/dir"):
+        ev.main(["--checkpoint", str(ckpt), "--dataset", "mafl", "--data-root", "/no/such/dir"])
+    with pytest.raises(SystemExit, match="--num-test must be >= 0"):
+        ev.main(["--checkpoint", str(ckpt), "--num-test", "-1"])
+    with pytest.raises(SystemExit) as e:  # argparse: invalid choice, exit status 2
+        ev.main(["--checkpoint", str(ckpt), "--dataset", "imagenet"])
+    assert e.value.code == 2
+
+
+def test_cli_on_synthfaces(tmp_path):
+    """The real data package (SynthFaces) end to end, on a few images."""
+    pytest.importorskip("fastlmk.data")
+    from _standins import tiny_checkpoint
+
+    ckpt, _ = tiny_checkpoint(tmp_path / "c.pt", num_landmarks=4, image_size=32)
+    assert ev.main(["--checkpoint", str(ckpt), "--dataset", "synth", "--num-train", "24", "--num-test", "8",
+                    "--out", str(tmp_path / "ev"), "--repeats", "2", "--no-progress"]) == 0
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert (res["num_train"], res["num_test"], res["num_points"]) == (24, 8, 4)
+    assert all(math.isfinite(res["forward"][v]) for v in ("imm", "saic")) and res["mean_shape"] > 0
