@@ -10,6 +10,8 @@ of the ORIGINAL image. Written into ``--out``:
   width, height and the K points (x, y) in pixels, where (0, 0) is the centre of the top-left
   pixel, x grows to the right and y downwards (images are first turned upright by their EXIF
   orientation, as viewers show them);
+* with ``--regressor <eval dir>/eval.json``: also the 5 *named* landmarks (eyes, nose, mouth
+  corners) predicted by the linear regressor the evaluation fitted for this checkpoint;
 * ``overlays/<name>.png``: the image with the points drawn (one fixed colour per landmark index,
   as in every fastlmk picture).
 
@@ -112,6 +114,44 @@ def to_normalised(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor
     return torch.stack([x, y], dim=-1)
 
 
+class Regressor:
+    """The linear map from the K discovered points to named landmarks that ``fastlmk.evaluate``
+    fitted and stored in ``eval.json`` ("regressors"): ``landmarks = points.flatten() @ W + b``
+    in normalised coordinates of the model input."""
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, names: list[str], source: str = ""):
+        self.W, self.b, self.names, self.source = W.double(), b.double(), list(names), source
+
+    @classmethod
+    def from_eval_json(cls, path, variant: str = "saic") -> "Regressor":
+        path = Path(path)
+        if not path.is_file():
+            raise DetectError(f"regressor file not found: {path}")
+        try:
+            doc = json.loads(path.read_text())
+            reg = doc["regressors"][variant]
+            W = torch.tensor(reg["W"], dtype=torch.float64)
+            b = torch.tensor(reg["b"], dtype=torch.float64)
+            names = doc.get("per_landmark", {}).get("names") or [f"landmark {i}" for i in range(len(b) // 2)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DetectError(f"{path} has no usable '{variant}' regressor (write it with python -m "
+                              f"fastlmk.evaluate): {type(e).__name__}: {e}") from None
+        if W.dim() != 2 or b.dim() != 1 or W.shape[1] != b.shape[0] or b.shape[0] % 2 or W.shape[0] % 2:
+            raise DetectError(f"{path}: malformed '{variant}' regressor (W {tuple(W.shape)}, b {tuple(b.shape)})")
+        return cls(W, b, names, str(path))
+
+    @property
+    def num_points(self) -> int:
+        return self.W.shape[0] // 2
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) discovered points -> (B, L, 2) landmarks, normalised coordinates."""
+        if points.shape[-2] != self.num_points:
+            raise DetectError(f"regressor {self.source} expects {self.num_points} discovered points, "
+                              f"the detector gives {points.shape[-2]}")
+        return (points.double().flatten(1) @ self.W + self.b).view(points.shape[0], -1, 2)
+
+
 # --- the work ----------------------------------------------------------------------------------
 def _overlay_names(files: list[Path], root: Path) -> dict[Path, Path]:
     """overlays/<relative path without extension>.png; the extension is kept when two inputs would
@@ -159,7 +199,7 @@ def save_overlay(image, pixels: torch.Tensor, path: Path, box=None, max_size: in
 @torch.no_grad()
 def detect_images(detector, files: list[Path], root: Path, image_size: int, out_dir=None, device="cpu",
                   batch_size: int = 16, crop: str = "none", crop_scale: float = 1.0, overlays: bool = True,
-                  progress: bool = True, strict: bool = False):
+                  progress: bool = True, strict: bool = False, regressor: Regressor | None = None):
     """Run the detector on image files.
 
     Args:
@@ -168,10 +208,11 @@ def detect_images(detector, files: list[Path], root: Path, image_size: int, out_
         image_size: S, the detector's input side.
         out_dir: where overlays go (``out_dir/overlays``); needed when ``overlays`` is True.
         strict: raise on an unreadable image instead of skipping it.
+        regressor: also report the named landmarks it predicts ("named_landmarks").
 
     Returns:
-        (records, skipped): records = [{"file", "width", "height", "landmarks": [[x, y], ...]}]
-        in pixels of the original images; skipped = [{"file", "error"}].
+        (records, skipped): records = [{"file", "width", "height", "landmarks": [[x, y], ...]}
+        (+ "named_landmarks")] in pixels of the original images; skipped = [{"file", "error"}].
     """
     from tqdm.auto import tqdm
 
@@ -198,10 +239,15 @@ def detect_images(detector, files: list[Path], root: Path, image_size: int, out_
             continue
         x = torch.stack([preprocess(im, image_size, box) for _, im, box in batch]).to(device)
         points = detector(x).points.float().cpu()  # (B, K, 2) normalised to the model input
-        for (f, im, box), p in zip(batch, points):
+        named = regressor(points) if regressor is not None else [None] * len(batch)  # (B, L, 2)
+        for (f, im, box), p, n in zip(batch, points, named):
             pix = to_original_pixels(p, box, image_size)  # (K, 2) float64 original pixels
-            records.append({"file": str(f.relative_to(root)), "width": im.size[0], "height": im.size[1],
-                            "landmarks": [[round(float(a), 2), round(float(b), 2)] for a, b in pix]})
+            rec = {"file": str(f.relative_to(root)), "width": im.size[0], "height": im.size[1],
+                   "landmarks": [[round(float(a), 2), round(float(b), 2)] for a, b in pix]}
+            if n is not None:
+                rec["named_landmarks"] = [[round(float(a), 2), round(float(b), 2)]
+                                          for a, b in to_original_pixels(n, box, image_size)]
+            records.append(rec)
             if overlays:
                 save_overlay(im, pix, Path(out_dir) / "overlays" / names[f], box=box)
             bar.update(1)
@@ -212,7 +258,8 @@ def detect_images(detector, files: list[Path], root: Path, image_size: int, out_
 def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict | None = None,
                     skipped: list[dict] | None = None) -> Path:
     """Write ``landmarks.json`` (with ``meta`` and the skipped files) or ``landmarks.csv``
-    (one row per image: file, width, height, x0, y0, x1, y1, ...)."""
+    (one row per image: file, width, height, x0, y0, x1, y1, ..., then ``<name>_x, <name>_y``
+    for the named landmarks when ``meta["named_landmark_names"]`` is given)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
@@ -226,11 +273,14 @@ def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict 
     elif fmt == "csv":
         path = out / "landmarks.csv"
         K = max((len(r["landmarks"]) for r in records), default=0)
+        names = [n.replace(" ", "_") for n in (meta or {}).get("named_landmark_names", [])]
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["file", "width", "height"] + [f"{c}{k}" for k in range(K) for c in ("x", "y")])
+            w.writerow(["file", "width", "height"] + [f"{c}{k}" for k in range(K) for c in ("x", "y")]
+                       + [f"{n}_{c}" for n in names for c in ("x", "y")])
             for r in records:
-                w.writerow([r["file"], r["width"], r["height"]] + [f"{v:.2f}" for pt in r["landmarks"] for v in pt])
+                w.writerow([r["file"], r["width"], r["height"]] + [f"{v:.2f}" for pt in r["landmarks"] for v in pt]
+                           + [f"{v:.2f}" for pt in r.get("named_landmarks", []) for v in pt])
     else:
         raise ValueError(f"{PROG}: format must be 'json' or 'csv', got {fmt!r}")
     return path
@@ -257,6 +307,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="region fed to the detector: the whole image (stretched to a square) or a centred square")
     p.add_argument("--crop-scale", type=float, default=1.0,
                    help="with --crop center: side = scale x the shorter image side (0.8 matches the CelebA preprocessing)")
+    p.add_argument("--regressor", default=None, metavar="EVAL_JSON",
+                   help="also output the 5 named landmarks, with the regressor stored in an eval.json "
+                        "written by python -m fastlmk.evaluate for this checkpoint")
+    p.add_argument("--variant", choices=("saic", "imm"), default="saic", help="which regressor of --regressor")
     p.add_argument("--recursive", action="store_true", help="also process images in subfolders")
     p.add_argument("--no-overlays", action="store_true", help="write only the landmarks file")
     p.add_argument("--batch-size", type=int, default=16)
@@ -279,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     except DetectError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None
     single = Path(args.input).is_file()
+    regressor = None
+    if args.regressor:
+        try:
+            regressor = Regressor.from_eval_json(args.regressor, args.variant)
+        except DetectError as e:
+            raise SystemExit(f"{PROG}: error: {e}") from None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         detector, config = _load_detector(str(ckpt), device)
@@ -294,13 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         records, skipped = detect_images(detector, files, root, size, out_dir=args.out, device=device,
                                          batch_size=args.batch_size, crop=args.crop, crop_scale=args.crop_scale,
                                          overlays=not args.no_overlays, progress=not args.no_progress,
-                                         strict=single)
+                                         strict=single, regressor=regressor)
     except DetectError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None
     if not records:
         raise SystemExit(f"{PROG}: error: none of the {len(files)} images in {args.input} could be read")
     meta = {"checkpoint": str(ckpt), "image_size": size, "num_landmarks": len(records[0]["landmarks"]),
             "crop": args.crop, "crop_scale": args.crop_scale}
+    if regressor is not None:
+        meta.update(regressor=regressor.source, regressor_variant=args.variant, named_landmark_names=regressor.names)
     path = write_landmarks(records, args.out, args.format, meta, skipped)
     msg = f"{PROG}: {len(records)} image(s) -> {path}"
     if not args.no_overlays:

@@ -186,6 +186,7 @@ def mean_shape_baseline(train_gt: torch.Tensor, test_gt: torch.Tensor) -> float:
     """Error (% of inter-ocular distance) of predicting the mean training shape for every test image."""
     _check_pair("train", train_gt, train_gt)
     _check_pair("test", test_gt, test_gt)
+    train_gt, test_gt = train_gt.detach().cpu().double(), test_gt.detach().cpu().double()
     mean = train_gt.double().mean(0, keepdim=True).expand_as(test_gt)
     return float(normalised_errors(mean, test_gt, test_gt).mean())
 
@@ -206,11 +207,15 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
     Returns:
         A JSON-ready dict: "forward" {imm, saic} (all training images), "backward" {imm, saic},
         "nshot" [{n, label, repeats, imm: {mean, std}, saic: {mean, std}}], "per_landmark"
-        {names, imm, saic}, "backward_per_point" {imm, saic}, "mean_shape", sizes and a
-        "protocol" description. Errors in % of inter-ocular distance.
+        {names, imm, saic}, "backward_per_point" {imm, saic}, "mean_shape", sizes, a
+        "protocol" description, and "regressors" {imm, saic: {W (2K x 2L), b (2L)}} fitted on all
+        training images (landmarks = points.flatten() @ W + b, normalised coordinates).
+        Errors in % of inter-ocular distance.
     """
     _check_pair("train", train_pts, train_gt)
     _check_pair("test", test_pts, test_gt)
+    # the regression is tiny: float64 on the CPU whatever the inputs' device
+    train_pts, train_gt, test_pts, test_gt = (t.detach().cpu().double() for t in (train_pts, train_gt, test_pts, test_gt))
     if train_pts.shape[1] != test_pts.shape[1] or train_gt.shape[1] != test_gt.shape[1]:
         raise ValueError(f"fastlmk.evaluate: train and test disagree on point counts: "
                          f"{tuple(train_pts.shape)}/{tuple(train_gt.shape)} vs {tuple(test_pts.shape)}/{tuple(test_gt.shape)}")
@@ -257,6 +262,13 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
         backward[v] = float(err.mean())
         backward_pp[v] = [float(e) for e in err.mean(0)]
 
+    # the regressors fitted on all training images, for applying to new images (fastlmk.detect --regressor)
+    regressors = {}
+    for v in VARIANTS:
+        bias, r = _variant(v, ridge)
+        W, b = fit_linear(train_pts.flatten(1), train_gt.flatten(1), bias, r)
+        regressors[v] = {"W": W.tolist(), "b": b.tolist()}
+
     return {
         "protocol": {
             "metric": "mean point-to-point distance / inter-ocular distance (annotated eye centres), %",
@@ -276,6 +288,7 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
         "per_landmark": {"names": names, **{v: [float(e) for e in full[v].mean(0)] for v in VARIANTS}},
         "backward_per_point": backward_pp,
         "mean_shape": mean_shape_baseline(train_gt, test_gt),
+        "regressors": regressors,
     }
 
 
@@ -489,9 +502,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also train the supervised upper bound for this many steps (0: skip)")
     p.add_argument("--supervised-batch-size", type=int, default=32)
     p.add_argument("--num-train", type=int, default=None,
-                   help="use only the first N training images (default: the run's eval_train_size; 0 = all)")
+                   help="use only the first N training images (default: all for mafl/aflw; the run's "
+                        "eval_train_size for synth; 0 = all)")
     p.add_argument("--num-test", type=int, default=None,
-                   help="use only the first N test images (default: the run's eval_test_size; 0 = all)")
+                   help="use only the first N test images (default: all for mafl/aflw; the run's "
+                        "eval_test_size for synth; 0 = all)")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="random subsets per N-shot row")
     p.add_argument("--ridge", type=float, default=DEFAULT_RIDGE, help="relative ridge of the SAIC variant")
     p.add_argument("--batch-size", type=int, default=64)
@@ -542,9 +557,13 @@ def main(argv: list[str] | None = None) -> int:
         test_set = build_dataset(dataset, root=root, split="test", size=size)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{prog}: error: {e}") from None
-    # sizes: --num-train/--num-test, else the run's eval_train_size/eval_test_size (0 = all)
-    n_train = args.num_train if args.num_train is not None else _config_get(config, "eval_train_size", default=0)
-    n_test = args.num_test if args.num_test is not None else _config_get(config, "eval_test_size", default=0)
+    # sizes: --num-train/--num-test; else all images of a real data set (the published protocol),
+    # and the run's eval_train_size/eval_test_size for SynthFaces (20k/2k images by default); 0 = all
+    sized = dataset == "synth"
+    n_train = args.num_train if args.num_train is not None else (
+        _config_get(config, "eval_train_size", default=0) if sized else 0)
+    n_test = args.num_test if args.num_test is not None else (
+        _config_get(config, "eval_test_size", default=0) if sized else 0)
     if n_train:
         train_set = torch.utils.data.Subset(train_set, range(min(int(n_train), len(train_set))))
     if n_test:

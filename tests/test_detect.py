@@ -176,3 +176,45 @@ def test_cli_corrupt_checkpoint(image_folder, tmp_path):
     bad.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(SystemExit, match="bad.pt.*corrupt"):
         detect.main([str(d), "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
+
+
+def test_cli_named_landmarks_from_eval_regressor(image_folder, standin_checkpoint, tmp_path):
+    """--regressor applies the linear map stored in an eval.json: here landmarks 0-2 = the three
+    points, landmark 3 = point 2 + (-0.1, 0.2), landmark 4 = the midpoint of points 0 and 1
+    (normalised coordinates of the 64 x 64 input), checked in original pixels."""
+    d, truth = image_folder
+    W = torch.zeros(6, 10, dtype=torch.float64)
+    for i in range(6):
+        W[i, i] = 1.0
+    W[4, 6] = W[5, 7] = 1.0  # landmark 3 <- point 2
+    W[0, 8] = W[2, 8] = W[1, 9] = W[3, 9] = 0.5  # landmark 4 <- (point 0 + point 1) / 2
+    b = torch.zeros(10, dtype=torch.float64)
+    b[6], b[7] = -0.1, 0.2
+    names = ["left eye", "right eye", "nose", "left mouth", "right mouth"]
+    reg = tmp_path / "eval.json"
+    reg.write_text(json.dumps({"regressors": {"saic": {"W": W.tolist(), "b": b.tolist()}},
+                               "per_landmark": {"names": names}}))
+    out = tmp_path / "named"
+    assert detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(out), "--regressor",
+                        str(reg), "--no-progress", "--no-overlays", "--format", "csv"]) == 0
+    with open(out / "landmarks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    wide = next(r for r in rows if r["file"] == "wide.png")
+    (x0, y0), (x1, y1), (x2, y2) = truth["wide.png"][2]
+    s = 63 / 2  # normalised unit -> input pixels; input pixels -> original: x 200/64, y 120/64
+    expected = {"left_eye": (x0, y0), "nose": (x2, y2), "right_mouth": ((x0 + x1) / 2, (y0 + y1) / 2),
+                "left_mouth": (x2 - 0.1 * s * 200 / 64, y2 + 0.2 * s * 120 / 64)}
+    for name, (ex, ey) in expected.items():
+        assert float(wide[f"{name}_x"]) == pytest.approx(ex, abs=0.6), name
+        assert float(wide[f"{name}_y"]) == pytest.approx(ey, abs=0.6), name
+    # errors: missing file, no regressor inside, wrong number of points
+    with pytest.raises(SystemExit, match="regressor file not found"):
+        detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(out), "--regressor", "nope.json"])
+    (tmp_path / "plain.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no usable 'saic' regressor"):
+        detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(out), "--regressor",
+                     str(tmp_path / "plain.json")])
+    reg.write_text(json.dumps({"regressors": {"saic": {"W": W[:4].tolist(), "b": b.tolist()}}}))
+    with pytest.raises(SystemExit, match="expects 2 discovered points, the detector gives 3"):
+        detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(out), "--regressor", str(reg),
+                     "--no-progress"])

@@ -86,6 +86,13 @@ def test_hand_computed_regression_case():
     # per landmark (IMM): image a contributes 10 % on every landmark, image b 0 %
     assert res["per_landmark"]["imm"] == pytest.approx([5.0] * 5, abs=1e-9)
     assert [r["label"] for r in res["nshot"]] == ["all"]
+    # the stored regressors: IMM's W rows are the two training shapes, b = 0; SAIC's W = [-d; d]
+    imm, saic = res["regressors"]["imm"], res["regressors"]["saic"]
+    torch.testing.assert_close(torch.tensor(imm["W"], dtype=torch.float64), torch.stack([FACE, FACE + SHIFT]).flatten(1))
+    assert imm["b"] == [0.0] * 10
+    d = (SHIFT / 2).expand(5, 2).flatten()
+    torch.testing.assert_close(torch.tensor(saic["W"], dtype=torch.float64), torch.stack([-d, d]))
+    torch.testing.assert_close(torch.tensor(saic["b"], dtype=torch.float64), (FACE + SHIFT / 2).flatten() - torch.tensor(saic["W"], dtype=torch.float64).sum(0) / 2)
 
 
 def test_hand_computed_mean_shape_baseline():
