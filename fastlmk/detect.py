@@ -306,7 +306,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=("none", "center"), default="none",
                    help="region fed to the detector: the whole image (stretched to a square) or a centred square")
     p.add_argument("--crop-scale", type=float, default=1.0,
-                   help="with --crop center: side = scale x the shorter image side (0.8 matches the CelebA preprocessing)")
+                   help="with --crop center: side = scale x the shorter image side "
+                        "(0.8 matches the CelebA preprocessing)")
     p.add_argument("--regressor", default=None, metavar="EVAL_JSON",
                    help="also output the 5 named landmarks, with the regressor stored in an eval.json "
                         "written by python -m fastlmk.evaluate for this checkpoint")

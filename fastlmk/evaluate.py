@@ -215,17 +215,22 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
     _check_pair("train", train_pts, train_gt)
     _check_pair("test", test_pts, test_gt)
     # the regression is tiny: float64 on the CPU whatever the inputs' device
-    train_pts, train_gt, test_pts, test_gt = (t.detach().cpu().double() for t in (train_pts, train_gt, test_pts, test_gt))
+    train_pts, train_gt, test_pts, test_gt = (t.detach().cpu().double()
+                                              for t in (train_pts, train_gt, test_pts, test_gt))
     if train_pts.shape[1] != test_pts.shape[1] or train_gt.shape[1] != test_gt.shape[1]:
         raise ValueError(f"fastlmk.evaluate: train and test disagree on point counts: "
-                         f"{tuple(train_pts.shape)}/{tuple(train_gt.shape)} vs {tuple(test_pts.shape)}/{tuple(test_gt.shape)}")
+                         f"{tuple(train_pts.shape)}/{tuple(train_gt.shape)} vs "
+                         f"{tuple(test_pts.shape)}/{tuple(test_gt.shape)}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"fastlmk.evaluate: repeats must be an int >= 1, got {repeats!r}")
     if not (ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"fastlmk.evaluate: ridge must be finite and >= 0, got {ridge}")
     n_train, K = train_pts.shape[:2]
     L = train_gt.shape[1]
-    names = list(landmark_names) if landmark_names else (list(LANDMARK_NAMES) if L == 5 else [f"landmark {i}" for i in range(L)])
+    if landmark_names:
+        names = list(landmark_names)
+    else:
+        names = list(LANDMARK_NAMES) if L == 5 else [f"landmark {i}" for i in range(L)]
 
     # N-shot rows (the "all" row is the forward error)
     sizes = []
@@ -276,6 +281,7 @@ def evaluate_landmarks(train_pts: torch.Tensor, train_gt: torch.Tensor, test_pts
             "saic": f"Y = X W + b, ridge {ridge:g} x max diagonal of the centred X^T X",
             "backward": "regress discovered points from annotations; mean over discovered points of the "
                         "distance / the image's annotated inter-ocular distance, %",
+            "ridge": ridge,
             "repeats": repeats,
             "seed": seed,
         },
@@ -324,7 +330,8 @@ def train_supervised(train_set, steps: int, arch: str = "conv", image_size: int 
     detector = Detector(num_landmarks=L, arch=arch, image_size=size, **detector_kwargs).to(device)
     opt = torch.optim.Adam(detector.parameters(), lr=lr, betas=(0.0, 0.9), weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=len(train_set) > batch_size,
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                                         drop_last=len(train_set) > batch_size,
                                          generator=gen, num_workers=num_workers, collate_fn=_collate,
                                          pin_memory=device.type == "cuda")
     detector.train()
@@ -375,7 +382,8 @@ def evaluate_detector(detector, train_set, test_set, device="cpu", out_dir=None,
     t0 = time.time()
     try:
         predict = _detector_predict(detector)
-        train_pts, train_gt = extract_points(predict, train_set, batch_size, device, progress, num_workers, "train points")
+        train_pts, train_gt = extract_points(predict, train_set, batch_size, device, progress, num_workers,
+                                             "train points")
         test_pts, test_gt = extract_points(predict, test_set, batch_size, device, progress, num_workers, "test points")
     finally:
         detector.train(was_training)
@@ -405,26 +413,30 @@ def _fmt(row_v: dict, reps: int) -> str:
 def results_markdown(results: dict, title: str | None = None) -> str:
     """The evaluation as a markdown report (tables)."""
     K, ntr, nte = results["num_points"], results["num_train"], results["num_test"]
-    ridge = results["protocol"]["saic"]
+    ridge = results["protocol"]["ridge"]
     reps = results["protocol"]["repeats"]
     lines = [f"# {title or 'Landmark evaluation'}", "",
              f"Test error in % of the inter-ocular distance (lower is better): a linear regressor from the "
-             f"K = {K} discovered points to the {len(results['per_landmark']['names'])} annotated landmarks is fitted on "
+             f"K = {K} discovered points to the {len(results['per_landmark']['names'])} annotated landmarks "
+             f"is fitted on "
              f"N training images ({ntr} in all) and applied to the {nte} test images. "
-             f"IMM variant: no bias, no ridge. SAIC variant: bias + ridge ({ridge.split('ridge ')[-1]}). "
+             f"IMM variant: no bias, no ridge. SAIC variant: bias + ridge ({ridge:g} x the largest feature "
+             f"variance). "
              f"Rows with N < all: mean ± std over {reps} random training subsets.", "",
              "| training images N | IMM (no bias) | SAIC (bias + ridge) |", "|---:|---:|---:|"]
     for row in results["nshot"]:
         label = f"all ({row['n']})" if row["label"] == "all" else row["label"]
         lines.append(f"| {label} | {_fmt(row['imm'], row['repeats'])} | {_fmt(row['saic'], row['repeats'])} |")
     lines += ["", "| reference row | error % |", "|---|---:|",
-              f"| forward error (all training images), IMM / SAIC | {results['forward']['imm']:.2f} / {results['forward']['saic']:.2f} |",
+              f"| forward error (all training images), IMM / SAIC | "
+              f"{results['forward']['imm']:.2f} / {results['forward']['saic']:.2f} |",
               f"| backward error (discovered points from annotations), IMM / SAIC | "
               f"{results['backward']['imm']:.2f} / {results['backward']['saic']:.2f} |",
               f"| mean-shape baseline (mean training shape for every image) | {results['mean_shape']:.2f} |"]
     sup = results.get("supervised")
     if sup:
-        lines.append(f"| supervised upper bound (same detector, {sup['steps']} steps on the annotations) | {sup['error']:.2f} |")
+        lines.append(f"| supervised upper bound (same detector, {sup['steps']} steps on the annotations) | "
+                     f"{sup['error']:.2f} |")
     names = results["per_landmark"]["names"]
     lines += ["", "Per annotated landmark (all training images):", "",
               "| variant | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]

@@ -199,6 +199,13 @@ _NON_LOSS = {"step", "iter", "iteration", "epoch", "time", "elapsed", "elapsed_s
              "lr", "learning_rate", "images_per_s", "img_per_s", "img/s", "images/s", "it/s", "rank"}
 
 
+def loss_columns(columns: list[str]) -> list[str]:
+    """The columns of a training log that are losses: every column except step / time / learning
+    rate / throughput ones (``step, loss, mse, perceptual, lr, images_per_s, elapsed_s`` ->
+    ``loss, mse, perceptual``)."""
+    return [c for c in columns if c.lower() not in _NON_LOSS]
+
+
 def _ema(values: list[float], alpha: float) -> list[float]:
     """Bias-corrected exponential moving average (like TensorBoard's smoothing); NaN-aware."""
     out, acc, weight = [], 0.0, 0.0
@@ -216,8 +223,8 @@ def plot_losses(csv_path, out_png, smoothing: float | None = None, columns: list
     Args:
         csv_path: CSV with a header row. The x axis is the ``step`` column (or ``iter`` /
             ``iteration`` / ``epoch``, else the row number). Loss columns are the numeric columns
-            whose name contains "loss"; if there are none, every numeric column that is not a
-            step/time/lr/throughput column.
+            that are not step/time/lr/throughput columns (:func:`loss_columns`) and have a
+            positive value.
         out_png: output PNG path (parent folders are created).
         smoothing: EMA factor in [0, 1) for the smoothed curve; default picks one from the log
             length (about 1/50th of the run).
@@ -255,9 +262,9 @@ def plot_losses(csv_path, out_png, smoothing: float | None = None, columns: list
                              f"(it has {header})")
         ycols = list(columns)
     else:
-        ycols = [c for c in table if "loss" in c.lower() and c != xcol]
-        if not ycols:
-            ycols = [c for c in table if c != xcol and c.lower() not in _NON_LOSS]
+        ycols = loss_columns([c for c in header if c in table and c != xcol])
+        # a column that is never positive (e.g. a disabled loss term) cannot be drawn on a log axis
+        ycols = [c for c in ycols if any(v > 0 for v in table[c])]
     if not ycols:
         raise ValueError(f"fastlmk.viz.plot_losses: {csv_path} has no loss column (header: {header})")
     xs = table[xcol] if xcol else list(range(len(records)))
@@ -350,5 +357,5 @@ def plot_evaluation(results: dict, out_png, title: str | None = None) -> Path:
     return out_png
 
 
-__all__ = ["LANDMARK_COLORS", "LANDMARK_NAMES", "draw_landmarks", "landmark_color", "plot_evaluation",
-           "plot_losses", "save_grid"]
+__all__ = ["LANDMARK_COLORS", "LANDMARK_NAMES", "draw_landmarks", "landmark_color", "loss_columns",
+           "plot_evaluation", "plot_losses", "save_grid"]

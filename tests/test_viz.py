@@ -100,12 +100,17 @@ def test_plot_losses(tmp_path):
 def test_plot_losses_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         viz.plot_losses(tmp_path / "missing.csv", tmp_path / "x.png")
-    (tmp_path / "bad.csv").write_text("step,lr\n1,0.1\n")
+    (tmp_path / "bad.csv").write_text("step,lr,loss\n1,0.1,0\n")  # the only loss is never > 0
     with pytest.raises(ValueError, match="no loss column"):
         viz.plot_losses(tmp_path / "bad.csv", tmp_path / "x.png")
     write_log(tmp_path / "log.csv", 3)
     with pytest.raises(ValueError, match="not numeric columns"):
         viz.plot_losses(tmp_path / "log.csv", tmp_path / "x.png", columns=["nope"])
+
+
+def test_loss_columns_of_the_training_log():
+    header = ["step", "loss", "mse", "perceptual", "lr", "images_per_s", "elapsed_s"]  # fastlmk.train's log.csv
+    assert viz.loss_columns(header) == ["loss", "mse", "perceptual"]
 
 
 def test_ema_bias_corrected():
