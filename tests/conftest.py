@@ -195,3 +195,9 @@ def make_tps(kind: str, batch: int, dtype: torch.dtype, device, seed: int = 0, g
     else:
         raise ValueError(kind)
     return fastlmk.TPS(t.ctrl.to(device, dtype), t.coef.to(device, dtype))
+
+
+def gradcheck(fn, inputs, backend: str) -> bool:
+    """torch.autograd.gradcheck; under the (slow) Triton interpreter in fast mode (one random
+    projection of the Jacobian instead of one forward pass per input element)."""
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=(backend == "triton" and TRITON_SMALL_ONLY))
