@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS
 from conftest import KERNEL_BACKENDS, assert_close, make_generator, make_tps, require_kernel
 
 # every registered op and the public op whose kernels it runs
@@ -98,9 +97,20 @@ def test_compile_fullgraph_matches_eager(backend):
         loss = (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum() + moved.square().sum()
         return (out, moved) + torch.autograd.grad(loss, inputs)
 
+    from torch._inductor.compile_fx import compile_fx
+
+    traced = []
+
+    def inductor_recording_ops(gm, example_inputs):
+        traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return compile_fx(gm, example_inputs)
+
     torch._dynamo.reset()
-    compiled = torch.compile(_pipeline, fullgraph=True, dynamic=False)
+    compiled = torch.compile(_pipeline, fullgraph=True, dynamic=False, backend=inductor_recording_ops)
     eager = run(_pipeline)
     got = run(compiled)
     for name, a, e in zip(("out", "moved", "grad images", "grad heatmaps", "grad dst"), got, eager):
         assert_close(a, e, atol=1e-4, rtol=1e-4, name=name)
+    # the graph holds fastlmk's operators (not a fallback to the reference's aten ops)
+    for op in ("soft_argmax", "gaussian_heatmaps", "tps_warp", "tps_transform_points"):
+        assert any(op in t and "backward" not in t for t in traced), f"no {op} operator in the compiled graph: {traced}"

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS
+from fastlmk import TPS, _backends
 from conftest import KERNEL_BACKENDS, backend_device, make_tps
-from fastlmk import _backends
 
 BACKENDS_HERE = ["auto"] + [b for b in KERNEL_BACKENDS if _backends.available(b, backend_device(b))]
 

@@ -6,7 +6,8 @@ import torch
 
 import fastlmk
 from fastlmk import reference
-from conftest import gradcheck, DTYPES, KERNEL_BACKENDS, assert_close, assert_no_worse, backend_cases, grads, make_generator, require_kernel
+from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, assert_no_worse, backend_cases, gradcheck,
+                      grads, make_generator, require_kernel)
 
 OP = "soft_argmax"
 MODES = ("spatial", "marginal")

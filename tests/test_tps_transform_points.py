@@ -6,7 +6,8 @@ import torch
 
 import fastlmk
 from fastlmk import TPS
-from conftest import gradcheck, DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, grads, make_generator, make_tps, require_kernel
+from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, gradcheck, grads, make_generator,
+                      make_tps, require_kernel)
 
 OP = "tps_transform_points"
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import fastlmk
 from fastlmk import TPS
-from conftest import (gradcheck, DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, grads, make_generator, make_tps,
-                      require_kernel)
+from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, gradcheck, grads, make_generator,
+                      make_tps, require_kernel, tolerances)
 
 OP = "tps_warp"
 PADDINGS = ("zeros", "border")
@@ -180,3 +180,19 @@ def test_image_only_and_coef_only_gradients(backend):
     out = fastlmk.tps_warp(image, TPS(tps.ctrl, coef), backend=backend)
     (gc,) = grads(out, (coef,), torch.randn(out.shape, generator=make_generator(1), dtype=torch.float64).to(out))
     assert_close(gc, gc_ref, grad=True, scale=True, name="grad coef")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_spline_dtype_follows_the_image(backend):
+    """A float32 spline on a float64 image (and the reverse): computed in the image's dtype,
+    gradients flow back to the spline in its own dtype."""
+    device = require_kernel(backend, OP)
+    for img_dtype, tps_dtype in [(torch.float64, torch.float32), (torch.float32, torch.float64)]:
+        image = _image((2, 1, 5, 6), img_dtype, device)
+        tps = make_tps("shared", 2, tps_dtype, device)
+        out, gi, gc = _warp_and_grads(image, tps, (4, 4), "zeros", backend)
+        ref, gi_ref, gc_ref = _warp_and_grads(image, tps, (4, 4), "zeros", "reference")
+        assert out.dtype == img_dtype and gc.dtype == tps_dtype
+        assert_close(out, ref, atol=1e-4 if img_dtype == torch.float32 else None, name=f"{img_dtype} image")
+        atol, rtol = tolerances(img_dtype, grad=True)  # computed in the image's precision
+        assert_close(gc, gc_ref, atol=atol, rtol=rtol, scale=True, name=f"{tps_dtype} grad coef")
