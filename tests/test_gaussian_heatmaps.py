@@ -11,8 +11,8 @@ from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, grad
 
 OP = "gaussian_heatmaps"
 
-# (B, K, H, W): odd sizes, H != W, K = 1, batch 0 and 1, 1x1 and 1xW maps.
-SMALL = [(2, 3, 5, 4), (1, 1, 1, 1), (0, 2, 3, 3), (1, 2, 1, 6)]
+# (B, K, H, W): odd sizes, H != W, K = 1, batch 0 and 1, 1x1, 1xW and Hx1 maps.
+SMALL = [(2, 3, 5, 4), (1, 1, 1, 1), (0, 2, 3, 3), (1, 2, 1, 6), (2, 1, 6, 1)]
 LARGE = [(3, 1, 7, 9), (2, 4, 16, 13), (2, 10, 32, 32)]
 
 

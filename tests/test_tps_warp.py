@@ -7,15 +7,16 @@ import torch.nn.functional as F
 
 import fastlmk
 from fastlmk import TPS
-from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, gradcheck, grads, make_generator,
-                      make_tps, require_kernel, tolerances)
+from conftest import (DTYPES, KERNEL_BACKENDS, assert_close, backend_cases, gradcheck, grads, has_kernel,
+                      make_generator, make_tps, require_kernel, tolerances)
 
 OP = "tps_warp"
 PADDINGS = ("zeros", "border")
 
 
-def _case(B, C, H, W, size, kind):
-    return dict(B=B, C=C, H=H, W=W, size=size, kind=kind, id=f"{B}x{C}x{H}x{W}-{size}-{kind}")
+def _case(B, C, H, W, size, kind, grid_size=4):
+    return dict(B=B, C=C, H=H, W=W, size=size, kind=kind, grid_size=grid_size,
+                id=f"{B}x{C}x{H}x{W}-{size}-{kind}-g{grid_size}")
 
 
 # Hout != Hin, 1x1 input and output, batch 0 and 1, shared / per-sample / broadcast splines.
@@ -30,6 +31,7 @@ LARGE = [
     _case(3, 1, 16, 12, (10, 14), "per_sample"),
     _case(2, 3, 32, 32, None, "shared"),
     _case(3, 2, 7, 9, (13, 4), "batch1"),
+    _case(2, 3, 24, 20, (16, 16), "shared", grid_size=10),  # the paper's 10x10 lattice
 ]
 
 
@@ -63,7 +65,7 @@ def test_matches_reference(backend, case, dtype, padding):
     device = require_kernel(backend, OP)
     B, C, H, W, size = case["B"], case["C"], case["H"], case["W"], case["size"]
     image = _image((B, C, H, W), dtype, device)
-    tps = make_tps(case["kind"], B, dtype, device)
+    tps = make_tps(case["kind"], B, dtype, device, grid_size=case["grid_size"])
     out, gi, gc = _warp_and_grads(image, tps, size, padding, backend)
     ref, gi_ref, gc_ref = _warp_and_grads(image, tps, size, padding, "reference")
     f32_atol = 1e-4  # a ~1e-6 difference in the float32 sample position, times the image slope
@@ -196,3 +198,28 @@ def test_spline_dtype_follows_the_image(backend):
         assert_close(out, ref, atol=1e-4 if img_dtype == torch.float32 else None, name=f"{img_dtype} image")
         atol, rtol = tolerances(img_dtype, grad=True)  # computed in the image's precision
         assert_close(gc, gc_ref, atol=atol, rtol=rtol, scale=True, name=f"{tps_dtype} grad coef")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_a_changed_shared_lattice_is_seen(backend):
+    """Kernels may cache per-lattice work (e.g. the radial basis of a shared lattice): a new
+    lattice of the same shape, the same lattice edited in place, or a new output size must each
+    give fresh, correct results."""
+    device = require_kernel(backend, OP)
+    image = _image((2, 2, 6, 7), torch.float64, device)
+    a = make_tps("shared", 2, torch.float64, device, seed=10, grid_size=3)
+    b = make_tps("shared", 2, torch.float64, device, seed=11, grid_size=3)
+    ctrl = a.ctrl.clone()
+    jitter = 0.05 * torch.randn(ctrl.shape, generator=make_generator(12), dtype=torch.float64).to(device)
+    for step, (tps, size) in enumerate([(a, None), (TPS(a.ctrl + jitter, a.coef), None), (b, None), (a, (5, 3)),
+                                        (TPS(ctrl, a.coef), None), ("edit", None), (a, None)]):
+        if tps == "edit":
+            ctrl.add_(jitter)  # same tensor, same address, new values
+            tps = TPS(ctrl, a.coef)
+        out = fastlmk.tps_warp(image, tps, size=size, backend=backend)
+        ref = fastlmk.tps_warp(image, tps, size=size, backend="reference")
+        assert_close(out, ref, name=f"call {step}")
+        if has_kernel(backend, "tps_transform_points"):
+            pts = torch.rand(2, 5, 2, generator=make_generator(step), dtype=torch.float64).to(device) * 2 - 1
+            assert_close(fastlmk.tps_transform_points(pts, tps, backend=backend),
+                         fastlmk.tps_transform_points(pts, tps, backend="reference"), name=f"points, call {step}")
