@@ -65,7 +65,9 @@ def has_kernel(backend: str, op: str) -> bool:
 
 
 def require_kernel(backend: str, op: str) -> torch.device:
-    """Skip the calling test unless ``backend`` can run ``op`` here; return the device to use."""
+    """Skip the calling test unless ``backend`` can run here (a GPU for "cuda", the built module,
+    triton); return the device to use. A backend that is available but lacks ``op``'s kernels
+    fails: every backend implements every op."""
     device = backend_device(backend)
     if backend == "cuda" and not torch.cuda.is_available():
         pytest.skip("cuda backend: no CUDA GPU on this machine")
@@ -73,8 +75,7 @@ def require_kernel(backend: str, op: str) -> torch.device:
         pytest.skip(f"{backend} backend not available on {device}: {_backends._why_unavailable(backend, device)}")
     if not has_kernel(backend, op):
         mod = kernel_module(backend)
-        pytest.skip(f"the {backend} backend has no {op} kernel yet "
-                    f"({op}_forward/{op}_backward missing from {mod.__name__})")
+        pytest.fail(f"the {backend} backend has no {op} kernel ({op}_forward/{op}_backward missing from {mod.__name__})")
     return device
 
 
