@@ -3,7 +3,9 @@ worst element.
 
 Every kernel test runs over ``KERNEL_BACKENDS`` ("cpu", "triton", "cuda") and compares against
 the pure-PyTorch reference (the oracle). A backend that cannot run here (no GPU, not built, triton
-missing) or that does not have the op's kernel yet is *skipped* with the reason, never failed.
+missing) is *skipped* with the reason; one that runs here but lacks an op's kernel fails.
+
+Helpers are plain functions imported by the test modules (``from conftest import ...``).
 """
 
 from __future__ import annotations
