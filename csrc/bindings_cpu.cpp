@@ -32,4 +32,48 @@ PYBIND11_MODULE(_C_cpu, m) {
                                              mptr(grad_logits), M, H, W, inv_t, marginal, nt);
         },
         G());
+  m.def("gaussian_heatmaps_forward",
+        [](int dtype, std::uintptr_t points, std::uintptr_t out, int64_t M, int64_t H, int64_t W, double inv_two_var,
+           int nt) {
+          fastlmk::cpu::gaussian_heatmaps_forward(dtype, cptr(points), mptr(out), M, H, W, inv_two_var, nt);
+        },
+        G());
+  m.def("gaussian_heatmaps_backward",
+        [](int dtype, std::uintptr_t grad_out, std::uintptr_t points, std::uintptr_t grad_points, int64_t M, int64_t H,
+           int64_t W, double inv_two_var, int nt) {
+          fastlmk::cpu::gaussian_heatmaps_backward(dtype, cptr(grad_out), cptr(points), mptr(grad_points), M, H, W,
+                                                   inv_two_var, nt);
+        },
+        G());
+  m.def("tps_warp_forward",
+        [](int dtype, std::uintptr_t image, std::uintptr_t ctrl, std::uintptr_t coef, std::uintptr_t out, int64_t B,
+           int64_t C, int64_t Hin, int64_t Win, int64_t Hout, int64_t Wout, int64_t N, bool shared_ctrl, bool border,
+           int nt) {
+          fastlmk::cpu::tps_warp_forward(dtype, cptr(image), cptr(ctrl), cptr(coef), mptr(out), B, C, Hin, Win, Hout,
+                                         Wout, N, shared_ctrl, border, nt);
+        },
+        G());
+  m.def("tps_warp_backward",
+        [](int dtype, std::uintptr_t grad_out, std::uintptr_t image, std::uintptr_t ctrl, std::uintptr_t coef,
+           std::uintptr_t grad_image, std::uintptr_t grad_coef, int64_t B, int64_t C, int64_t Hin, int64_t Win,
+           int64_t Hout, int64_t Wout, int64_t N, bool shared_ctrl, bool border, int nt) {
+          fastlmk::cpu::tps_warp_backward(dtype, cptr(grad_out), cptr(image), cptr(ctrl), cptr(coef), mptr(grad_image),
+                                          mptr(grad_coef), B, C, Hin, Win, Hout, Wout, N, shared_ctrl, border, nt);
+        },
+        G());
+  m.def("tps_transform_points_forward",
+        [](int dtype, std::uintptr_t points, std::uintptr_t ctrl, std::uintptr_t coef, std::uintptr_t out, int64_t B,
+           int64_t M, int64_t N, bool shared_ctrl, int nt) {
+          fastlmk::cpu::tps_transform_points_forward(dtype, cptr(points), cptr(ctrl), cptr(coef), mptr(out), B, M, N,
+                                                     shared_ctrl, nt);
+        },
+        G());
+  m.def("tps_transform_points_backward",
+        [](int dtype, std::uintptr_t grad_out, std::uintptr_t points, std::uintptr_t ctrl, std::uintptr_t coef,
+           std::uintptr_t grad_points, std::uintptr_t grad_coef, int64_t B, int64_t M, int64_t N, bool shared_ctrl,
+           int nt) {
+          fastlmk::cpu::tps_transform_points_backward(dtype, cptr(grad_out), cptr(points), cptr(ctrl), cptr(coef),
+                                                      mptr(grad_points), mptr(grad_coef), B, M, N, shared_ctrl, nt);
+        },
+        G());
 }

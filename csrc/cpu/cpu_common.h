@@ -79,5 +79,14 @@ inline T tps_du_ds(T s) {
 
 inline int clamp_threads(int num_threads) { return num_threads < 1 ? 1 : num_threads; }
 
+// Threads worth waking for `work` units (roughly one cheap operation on one element each): one
+// per kGrainSize units, at most num_threads, at least 1. Like ATen's grain size, this keeps small
+// calls on the calling thread, where a fork/join would cost more than the work saved.
+constexpr int64_t kGrainSize = 32768;
+inline int threads_for(int64_t work, int num_threads) {
+  const int64_t useful = std::max<int64_t>(1, work / kGrainSize);
+  return static_cast<int>(std::min<int64_t>(clamp_threads(num_threads), useful));
+}
+
 }  // namespace cpu
 }  // namespace fastlmk

@@ -4,7 +4,9 @@
 // in L1 between the two sweeps below, so the logits are read from memory once.
 //
 // spatial:  p = softmax(l * inv_t) over all H*W pixels, x = sum p gx, y = sum p gy.
-//   forward  sweep 1: max; sweep 2: sum e, sum e gx (per row), sum e gy; stats = lse.
+//   forward  sweep 1: max; sweep 2: e = exp(l inv_t - max inv_t) summed down the columns (sum e,
+//            sum e gy per column, vectorised over the row), then sum e, sum e gx, sum e gy over
+//            the W columns; stats = lse.
 //   backward dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p recomputed from lse.
 // marginal (IMM): colmean_j = mean_i l_ij, rowmean_i = mean_j l_ij,
 //   q = softmax(colmean * inv_t) (W), r = softmax(rowmean * inv_t) (H), x = sum q gx, y = sum r gy.
@@ -19,6 +21,15 @@ namespace fastlmk {
 namespace cpu {
 namespace {
 
+// max of v[0..n) (vectorised: the reduction pragma lets the compiler reorder the comparisons).
+template <typename T>
+inline T max_of(const T* __restrict v, int64_t n) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t k = 0; k < n; ++k) mx = v[k] > mx ? v[k] : mx;
+  return mx;
+}
+
 template <typename T>
 void spatial_forward(const T* __restrict l, T* __restrict pts, T* __restrict stats, int64_t M,
                      int64_t H, int64_t W, T inv_t, int nthreads) {
@@ -26,29 +37,40 @@ void spatial_forward(const T* __restrict l, T* __restrict pts, T* __restrict sta
   for (int64_t j = 0; j < W; ++j) gx[j] = grid_coord<T>(j, W);
   for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
   const int64_t n = H * W;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    const T* __restrict lm = l + m * n;
-    T mx = -std::numeric_limits<T>::infinity();
-    for (int64_t k = 0; k < n; ++k) mx = std::max(mx, lm[k]);
-    const T shift = mx * inv_t;
-    T s = 0, sx = 0, sy = 0;
-    for (int64_t i = 0; i < H; ++i) {
-      const T* __restrict row = lm + i * W;
-      T rs = 0, rx = 0;
-#pragma omp simd reduction(+ : rs, rx)
-      for (int64_t j = 0; j < W; ++j) {
-        const T e = fast_exp(row[j] * inv_t - shift);
-        rs += e;
-        rx += e * gx[j];
+#pragma omp parallel num_threads(nthreads)
+  {
+    // Per-column partial sums: ce[j] = sum_i e_ij, cy[j] = sum_i e_ij gy_i. Summing down the
+    // columns keeps the inner loop free of horizontal reductions (one per map at the end).
+    std::vector<T> ce_buf(W), cy_buf(W);
+    T* __restrict ce = ce_buf.data();
+    T* __restrict cy = cy_buf.data();
+    const T* __restrict gxp = gx.data();
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const T* __restrict lm = l + m * n;
+      const T shift = max_of(lm, n) * inv_t;
+      for (int64_t j = 0; j < W; ++j) ce[j] = cy[j] = T(0);
+      for (int64_t i = 0; i < H; ++i) {
+        const T* __restrict row = lm + i * W;
+        const T yi = gy[i];
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) {
+          const T e = fast_exp(row[j] * inv_t - shift);
+          ce[j] += e;
+          cy[j] += e * yi;
+        }
       }
-      s += rs;
-      sx += rx;
-      sy += rs * gy[i];
+      T s = 0, sx = 0, sy = 0;
+#pragma omp simd reduction(+ : s, sx, sy)
+      for (int64_t j = 0; j < W; ++j) {
+        s += ce[j];
+        sx += ce[j] * gxp[j];
+        sy += cy[j];
+      }
+      pts[2 * m] = sx / s;
+      pts[2 * m + 1] = sy / s;
+      stats[m] = shift + std::log(s);
     }
-    pts[2 * m] = sx / s;
-    pts[2 * m + 1] = sy / s;
-    stats[m] = shift + std::log(s);
   }
 }
 
@@ -84,10 +106,9 @@ void spatial_backward(const T* __restrict gp, const T* __restrict l, const T* __
 // softmax of v * inv_t (length n) -> q, returns lse and writes the expectation of g under q.
 template <typename T>
 inline T softmax_1d(const T* v, T* q, const T* g, int64_t n, T inv_t, T* expect) {
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t k = 0; k < n; ++k) mx = std::max(mx, v[k]);
-  const T shift = mx * inv_t;
+  const T shift = max_of(v, n) * inv_t;
   T s = 0, e = 0;
+#pragma omp simd reduction(+ : s, e)
   for (int64_t k = 0; k < n; ++k) {
     q[k] = fast_exp(v[k] * inv_t - shift);
     s += q[k];
@@ -167,7 +188,7 @@ void marginal_backward(const T* __restrict gp, const T* __restrict l, const T* _
 
 void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M,
                          int64_t H, int64_t W, double inv_temperature, bool marginal, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     auto f = marginal ? marginal_forward<float> : spatial_forward<float>;
     f(static_cast<const float*>(logits), static_cast<float*>(points), static_cast<float*>(stats), M, H, W,
@@ -184,7 +205,7 @@ void soft_argmax_forward(int dtype, const void* logits, void* points, void* stat
 void soft_argmax_backward(int dtype, const void* grad_points, const void* logits, const void* stats,
                           const void* points, void* grad_logits, int64_t M, int64_t H, int64_t W,
                           double inv_temperature, bool marginal, int num_threads) {
-  const int nt = clamp_threads(num_threads);
+  const int nt = threads_for(M * H * W, num_threads);
   if (dtype == kFloat32) {
     auto f = marginal ? marginal_backward<float> : spatial_backward<float>;
     f(static_cast<const float*>(grad_points), static_cast<const float*>(logits), static_cast<const float*>(stats),
