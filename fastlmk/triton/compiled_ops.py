@@ -58,7 +58,7 @@ def _nothing(like: torch.Tensor) -> torch.Tensor:
 def _soft_argmax_fake(heatmaps, temperature, marginal):
     B, K = heatmaps.shape[:2]
     return (heatmaps.new_empty(B, K, 2),
-            heatmaps.new_empty(B, K, 2 if marginal else 1, dtype=acc_dtype(heatmaps.dtype)))
+            heatmaps.new_empty(B, K, 2, dtype=acc_dtype(heatmaps.dtype)))
 
 
 @_op("triton_soft_argmax", _soft_argmax_fake)

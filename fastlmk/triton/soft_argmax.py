@@ -25,7 +25,9 @@ def _spatial_fwd_kernel(l_ptr, pts_ptr, stats_ptr, H, W, inv_hi, inv_lo,
     """One program per map m; v = l * inv_t over its n = H*W pixels (flattened, BLOCK per step).
 
     forward:  p = softmax(v), x = sum_ij p_ij gx_j, y = sum_ij p_ij gy_i,
-              stats = lse = max(v) + log(sum exp(v - max(v))).
+              stats = (mu, log s) with mu = max(v), s = sum exp(v - mu) -- kept apart rather
+              than as lse = mu + log s: for |v| ~ 1e5 a float32 lse has a rounding step of ~0.01,
+              which the backward's exp(v - lse) would turn into ~1% errors in p.
     Online: per block the running max moves to mu' = max(mu, max_block v) and the running sums
     (s, sx, sy) are rescaled by exp(mu - mu') before the block's exp(v - mu') terms are added.
     """
@@ -57,7 +59,8 @@ def _spatial_fwd_kernel(l_ptr, pts_ptr, stats_ptr, H, W, inv_hi, inv_lo,
     out_ty = pts_ptr.dtype.element_ty
     tl.store(pts_ptr + 2 * m, (sx / s).to(out_ty))
     tl.store(pts_ptr + 2 * m + 1, (sy / s).to(out_ty))
-    tl.store(stats_ptr + m, mu + tl.log(s))
+    tl.store(stats_ptr + 2 * m, mu)
+    tl.store(stats_ptr + 2 * m + 1, tl.log(s))
 
 
 @triton.jit
@@ -65,8 +68,8 @@ def _spatial_bwd_kernel(g_ptr, l_ptr, stats_ptr, pts_ptr, gl_ptr, H, W, inv_hi, 
                         IS_F64: tl.constexpr, BLOCK: tl.constexpr):
     """One program per (map m, block of BLOCK pixels).
 
-    backward: dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p_ij = exp(v_ij - lse)
-    recomputed from the saved lse, (gpx, gpy) the incoming gradient of the point.
+    backward: dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p_ij = exp((v_ij - mu) - log s)
+    recomputed from the saved (mu, log s), (gpx, gpy) the incoming gradient of the point.
     """
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
     m = tl.program_id(0).to(tl.int64)
@@ -74,7 +77,8 @@ def _spatial_bwd_kernel(g_ptr, l_ptr, stats_ptr, pts_ptr, gl_ptr, H, W, inv_hi, 
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n
     inv_t = scalar(inv_hi, inv_lo, ACC)
-    lse = tl.load(stats_ptr + m).to(ACC)
+    mu = tl.load(stats_ptr + 2 * m).to(ACC)
+    log_s = tl.load(stats_ptr + 2 * m + 1).to(ACC)
     ax = tl.load(g_ptr + 2 * m).to(ACC) * inv_t
     ay = tl.load(g_ptr + 2 * m + 1).to(ACC) * inv_t
     c = ax * tl.load(pts_ptr + 2 * m).to(ACC) + ay * tl.load(pts_ptr + 2 * m + 1).to(ACC)
@@ -82,7 +86,7 @@ def _spatial_bwd_kernel(g_ptr, l_ptr, stats_ptr, pts_ptr, gl_ptr, H, W, inv_hi, 
     i = idx // W
     gx = grid_coord(idx - i * W, W, ACC)
     gy = grid_coord(i, H, ACC)
-    grad = tl.exp(v - lse) * (ax * gx + ay * gy - c)
+    grad = tl.exp((v - mu) - log_s) * (ax * gx + ay * gy - c)
     tl.store(gl_ptr + m * n + idx, grad.to(gl_ptr.dtype.element_ty), mask=mask)
 
 
@@ -191,10 +195,12 @@ def _warps(elements: int) -> int:
 
 def soft_argmax_forward(logits: torch.Tensor, inv_t: float, marginal: bool):
     """logits (M, H, W) contiguous -> points (M, 2) in the logits dtype, stats (M, 1|2) in the
-    accumulation dtype (lse of the spatial softmax, or of the column and row softmaxes)."""
+    accumulation dtype ((max, log-sum) of the spatial softmax, or the lse of the column and row
+    softmaxes)."""
     M, H, W = logits.shape
     points = torch.empty((M, 2), dtype=logits.dtype, device=logits.device)
-    stats = torch.empty((M, 2 if marginal else 1), dtype=acc_dtype(logits.dtype), device=logits.device)
+    # stats: marginal (lse_x, lse_y); spatial (max, log-sum) -- see _spatial_fwd_kernel
+    stats = torch.empty((M, 2), dtype=acc_dtype(logits.dtype), device=logits.device)
     hi, lo = split_scalar(inv_t)
     f64 = is_f64(logits.dtype)
     if marginal:
