@@ -113,7 +113,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     """Train with ``cfg`` (continuing the checkpoint ``resume`` when given).
 
     Returns a summary dict: run_dir, step, history (list of logged rows), eval (dict or None),
-    stopped ("" or why training stopped early)."""
+    stopped ("" or why training stopped early), model (the trained LandmarkAutoencoder)."""
     # ---- distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) ----
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -359,7 +359,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     save(step)
 
     # ---- wrap-up: last samples, loss curve, evaluation (rank 0) ----
-    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped}
+    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped, "model": core}
     if master:
         if last is not None:
             save_samples(step, {"x": last[0].x, "x_prime": last[0].x_prime}, last[1])
