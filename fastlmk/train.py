@@ -118,6 +118,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     ddp = world > 1
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
