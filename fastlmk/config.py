@@ -87,7 +87,7 @@ def preset(name: str, cuda: bool = False) -> TrainConfig:
     if name == "auto":
         name = "gpu" if cuda else "cpu"
     if name == "cpu":  # 2 CPU cores, whole run incl. evaluation <= 15 min (timed in docs/readme_train.md)
-        return TrainConfig(preset="cpu")
+        return TrainConfig(preset="cpu", max_minutes=13.0)
     common = dict(image_size=128, detector_arch="hourglass", batch_size=32, generator_width=32, generator_res=6,
                   num_workers=4, log_every=50, sample_every=1000, ckpt_every=2000, keep_last=3)
     if name == "gpu":  # one GPU, a shorter schedule of the paper's networks (hourglass width 128)
