@@ -60,6 +60,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     deterministic: bool = True  # deterministic cuDNN (same seed -> same losses on a GPU; off is faster)
     num_workers: int = 0  # DataLoader worker processes
+    threads: int = 0  # CPU threads of torch (0 = torch's default; 1 is much faster on an oversubscribed machine)
     seed: int = 0  # seeds model init, data order, TPS warps and auxiliary subjects
     max_minutes: float = 0.0  # stop training (checkpoint, then evaluate) after this wall time; 0 = no limit
     # --- output ---
@@ -86,7 +87,7 @@ def preset(name: str, cuda: bool = False) -> TrainConfig:
     if name == "auto":
         name = "gpu" if cuda else "cpu"
     if name == "cpu":  # 2 CPU cores, whole run incl. evaluation <= 15 min (timed in docs/readme_train.md)
-        return TrainConfig(preset="cpu")
+        return TrainConfig(preset="cpu", max_minutes=13.0)
     common = dict(image_size=128, detector_arch="hourglass", batch_size=32, generator_width=32, generator_res=6,
                   num_workers=4, log_every=50, sample_every=1000, ckpt_every=2000, keep_last=3)
     if name == "gpu":  # one GPU, a shorter schedule of the paper's networks (hourglass width 128)
@@ -161,7 +162,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(getattr(cfg, k) > 0, f"{k} must be > 0, got {getattr(cfg, k)}")
     for k in ("log_every", "lr_decay_every", "keep_last", "detector_width", "generator_width"):
         need(getattr(cfg, k) >= 1, f"{k} must be >= 1, got {getattr(cfg, k)}")
-    for k in ("sample_every", "ckpt_every", "num_workers", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
+    for k in ("sample_every", "ckpt_every", "num_workers", "threads", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
         need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
     need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
     return cfg

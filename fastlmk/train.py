@@ -113,11 +113,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     """Train with ``cfg`` (continuing the checkpoint ``resume`` when given).
 
     Returns a summary dict: run_dir, step, history (list of logged rows), eval (dict or None),
-    stopped ("" or why training stopped early)."""
+    stopped ("" or why training stopped early), model (the trained LandmarkAutoencoder)."""
     # ---- distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) ----
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     ddp = world > 1
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
@@ -316,11 +318,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                     core.detector.train()
                     per_image_eval = (time.time() - t0) / images.shape[0]
                 n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
+                t_left = per_step * (cfg.steps - step)
                 msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
-                       f"{_fmt_time(per_step * (cfg.steps - step))} of training + ~{_fmt_time(2 * per_image_eval * n_eval + 5)} "
-                       "of evaluation")
-                if cfg.max_minutes:
-                    msg += f" (training capped at {cfg.max_minutes:g} min by max_minutes)"
+                       f"{_fmt_time(t_left)} of training + ~{_fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")
+                cap = 60 * cfg.max_minutes - (time.time() - t_start)
+                if cfg.max_minutes and t_left > cap:
+                    msg += (f"; max_minutes={cfg.max_minutes:g} will stop training after about step "
+                            f"{step + int(cap / per_step)} of {cfg.steps}")
                 (bar.write if bar else print)(msg)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = time.time() - window["t"]
@@ -359,7 +363,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     save(step)
 
     # ---- wrap-up: last samples, loss curve, evaluation (rank 0) ----
-    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped}
+    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped, "model": core}
     if master:
         if last is not None:
             save_samples(step, {"x": last[0].x, "x_prime": last[0].x_prime}, last[1])

@@ -68,9 +68,10 @@ class TPSPairs:
         B = images.shape[0]
         t1 = fastlmk.random_tps(B, generator=generator, device=images.device, **self.kw)
         t2 = fastlmk.random_tps(B, generator=generator, device=images.device, **self.kw)
-        ones = images.new_ones(B, 1, *images.shape[-2:])
-        warp = lambda im, t: fastlmk.tps_warp(im, t, backend="reference")  # noqa: E731
-        return Pairs(warp(images, t1), warp(images, t2), t1, t2, warp(ones, t1), warp(ones, t2))
+        # the mask warped with the image: one warp per view (channel 3 = the valid region)
+        both = torch.cat([images, images.new_ones(B, 1, *images.shape[-2:])], 1)
+        w1, w2 = fastlmk.tps_warp(both, t1, backend=self.backend), fastlmk.tps_warp(both, t2, backend=self.backend)
+        return Pairs(w1[:, :3], w2[:, :3], t1, t2, w1[:, 3:], w2[:, 3:])
 
 
 def install() -> bool:
