@@ -120,6 +120,16 @@ template <typename A> struct GridAxis {
   }
 };
 
+// Dynamic shared memory of the block (size given at launch), 16-byte aligned.
+#ifndef FASTLMK_CUDA_EMULATION
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char fastlmk_dynamic_smem[];
+  return fastlmk_dynamic_smem;
+}
+#else
+inline unsigned char* dynamic_smem() { return fastlmk_emu_dynamic_smem(); }
+#endif
+
 // ---- reductions ---------------------------------------------------------------------------------
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -253,6 +263,12 @@ inline void check_cuda(cudaError_t err, const char* op) {
 // After every kernel launch: a bad configuration, a missing device or a kernel image the device
 // cannot run is reported here, naming the op.
 #define FASTLMK_CUDA_CHECK_LAUNCH(op) ::fastlmk::cuda::check_cuda(cudaGetLastError(), op)
+
+// FASTLMK_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<grid, block, smem, stream>>>(args...)
+// (a macro so that tools/cuda_emu can run the same kernels on the CPU).
+#ifndef FASTLMK_LAUNCH
+#define FASTLMK_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
 
 [[noreturn]] inline void bad_size(const char* op, const std::string& what) {
   throw std::invalid_argument(std::string("fastlmk.") + op + " (CUDA): " + what);

@@ -143,9 +143,9 @@ void gaussian_heatmaps_forward(int dtype, const void* points, void* out, int64_t
     constexpr int VEC = VecWidth<T>::value;
     const bool vec_io = W % VEC == 0 && reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
     const Launch l = launch_shape(M, W, VEC);
-    gaussian_forward_kernel<T, VEC><<<l.grid, l.block, 0, st>>>(static_cast<const T*>(points), static_cast<T*>(out),
-                                                                 M, int(H), int(W), A(inv_two_var), GridAxis<A>(W),
-                                                                 GridAxis<A>(H), vec_io);
+    FASTLMK_LAUNCH(l.grid, l.block, 0, st, gaussian_forward_kernel<T, VEC>)(
+        static_cast<const T*>(points), static_cast<T*>(out), M, int(H), int(W), A(inv_two_var), GridAxis<A>(W),
+        GridAxis<A>(H), vec_io);
     FASTLMK_CUDA_CHECK_LAUNCH(kOp);
   });
 }
@@ -165,7 +165,7 @@ void gaussian_heatmaps_backward(int dtype, const void* grad_out, const void* poi
     constexpr int VEC = VecWidth<T>::value;
     const bool vec_io = W % VEC == 0 && reinterpret_cast<std::uintptr_t>(grad_out) % 16 == 0;
     const Launch l = launch_shape(M, W, VEC);
-    gaussian_backward_kernel<T, VEC><<<l.grid, l.block, 0, st>>>(
+    FASTLMK_LAUNCH(l.grid, l.block, 0, st, gaussian_backward_kernel<T, VEC>)(
         static_cast<const T*>(grad_out), static_cast<const T*>(points), static_cast<T*>(grad_points), M, int(H),
         int(W), A(inv_two_var), GridAxis<A>(W), GridAxis<A>(H), vec_io);
     FASTLMK_CUDA_CHECK_LAUNCH(kOp);

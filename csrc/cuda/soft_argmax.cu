@@ -258,12 +258,11 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   constexpr int G = kThreads / TPM;
   constexpr int NW = TPM / kWarp;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int grp = threadIdx.x / TPM, r = threadIdx.x % TPM;
+    const int grp = threadIdx.x / TPM, r = threadIdx.x % TPM;
   const int wig = r / kWarp, lane = r % kWarp;
   const int64_t m = int64_t(blockIdx.x) * G + grp;
   const int n = H * W;
-  A* rowterm = reinterpret_cast<A*>(smem_raw) + grp * H;  // used only when ROWS_IN_SMEM
+  A* rowterm = reinterpret_cast<A*>(dynamic_smem()) + grp * H;  // used only when ROWS_IN_SMEM
   const bool valid = m < M;
   const T* __restrict__ lm = logits + (valid ? m : 0) * n;
   T* gm = grad_logits + (valid ? m : 0) * n;
@@ -352,8 +351,8 @@ void soft_argmax_forward(int dtype, const void* logits, void* points, void* stat
       constexpr int TPM = decltype(tag)::value;
       const int64_t blocks = (M + kThreads / TPM - 1) / (kThreads / TPM);
       auto kernel = marginal ? marginal_forward_kernel<T, TPM> : spatial_forward_kernel<T, TPM>;
-      kernel<<<unsigned(blocks), kThreads, 0, st>>>(static_cast<const T*>(logits), static_cast<T*>(points),
-                                                     static_cast<A*>(stats), M, int(H), int(W), c, ax, ay);
+      FASTLMK_LAUNCH(unsigned(blocks), kThreads, 0, st, kernel)(
+          static_cast<const T*>(logits), static_cast<T*>(points), static_cast<A*>(stats), M, int(H), int(W), c, ax, ay);
       FASTLMK_CUDA_CHECK_LAUNCH(kOp);
     });
   });
@@ -381,8 +380,8 @@ void soft_argmax_backward(int dtype, const void* grad_points, const void* logits
       with_tpm(tpm, [&](auto tag) {
         constexpr int TPM = decltype(tag)::value;
         const int64_t blocks = (M + kThreads / TPM - 1) / (kThreads / TPM);
-        spatial_backward_kernel<T, TPM>
-            <<<unsigned(blocks), kThreads, 0, st>>>(gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
+        FASTLMK_LAUNCH(unsigned(blocks), kThreads, 0, st, spatial_backward_kernel<T, TPM>)(
+            gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
         FASTLMK_CUDA_CHECK_LAUNCH(kOp);
       });
       return;
@@ -396,11 +395,11 @@ void soft_argmax_backward(int dtype, const void* grad_points, const void* logits
       const int64_t blocks = (M + kThreads / TPM - 1) / (kThreads / TPM);
       if (rows_in_smem) {
         const size_t smem = size_t(kThreads / TPM) * size_t(H) * sizeof(A);
-        marginal_backward_kernel<T, TPM, true>
-            <<<unsigned(blocks), kThreads, smem, st>>>(gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
+        FASTLMK_LAUNCH(unsigned(blocks), kThreads, smem, st, marginal_backward_kernel<T, TPM, true>)(
+            gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
       } else {
-        marginal_backward_kernel<T, TPM, false>
-            <<<unsigned(blocks), kThreads, 0, st>>>(gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
+        FASTLMK_LAUNCH(unsigned(blocks), kThreads, 0, st, marginal_backward_kernel<T, TPM, false>)(
+            gp, l, sts, pts, gl, M, int(H), int(W), c, inv_t, ax, ay);
       }
       FASTLMK_CUDA_CHECK_LAUNCH(kOp);
     });

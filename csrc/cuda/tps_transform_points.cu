@@ -135,9 +135,9 @@ void tps_transform_points_forward(int dtype, const void* points, const void* ctr
     using A = acc_t<T>;
     const int64_t blocks = (B * M + kThreads - 1) / kThreads;
     const unsigned grid = unsigned(blocks < (int64_t(1) << 30) ? blocks : (int64_t(1) << 30));
-    tps_points_forward_kernel<T><<<grid, kThreads, 0, st>>>(static_cast<const T*>(points), static_cast<const A*>(ctrl),
-                                                            static_cast<const A*>(coef), static_cast<T*>(out), B,
-                                                            int(M), int(N), shared_ctrl);
+    FASTLMK_LAUNCH(grid, kThreads, 0, st, tps_points_forward_kernel<T>)(
+        static_cast<const T*>(points), static_cast<const A*>(ctrl), static_cast<const A*>(coef), static_cast<T*>(out),
+        B, int(M), int(N), shared_ctrl);
     FASTLMK_CUDA_CHECK_LAUNCH(kOp);
   });
 }
@@ -154,7 +154,7 @@ void tps_transform_points_backward(int dtype, const void* grad_out, const void* 
     using A = acc_t<T>;
     const int64_t ntiles = (M + kThreads - 1) / kThreads;
     const dim3 grid(unsigned(ntiles), unsigned(B < 65535 ? B : 65535));
-    tps_points_backward_kernel<T><<<grid, kThreads, 0, st>>>(
+    FASTLMK_LAUNCH(grid, kThreads, 0, st, tps_points_backward_kernel<T>)(
         static_cast<const T*>(grad_out), static_cast<const T*>(points), static_cast<const A*>(ctrl),
         static_cast<const A*>(coef), static_cast<T*>(grad_points), static_cast<A*>(grad_coef), int(B), int(M), int(N),
         shared_ctrl);

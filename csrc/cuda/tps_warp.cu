@@ -104,8 +104,7 @@ __global__ void __launch_bounds__(kThreads)
                             int Ho, int Wo, int N, bool shared_ctrl, bool border, int chunk, GridAxis<acc_t<T>> axo,
                             GridAxis<acc_t<T>> ayo) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Smem<A, BT> sm(smem_raw, chunk);
+    const Smem<A, BT> sm(dynamic_smem(), chunk);
   const int P = Ho * Wo, K = N + 3;
   const int64_t plane_in = int64_t(Hin) * Win;
   const int pix = blockIdx.x * kThreads + threadIdx.x;
@@ -152,8 +151,7 @@ __global__ void __launch_bounds__(kThreads)
                              int Hin, int Win, int Ho, int Wo, int N, bool shared_ctrl, bool border, int chunk,
                              GridAxis<acc_t<T>> axo, GridAxis<acc_t<T>> ayo) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Smem<A, BT> sm(smem_raw, chunk);
+    const Smem<A, BT> sm(dynamic_smem(), chunk);
   const bool need_image = grad_image != nullptr, need_coef = grad_coef != nullptr;
   const int P = Ho * Wo, K = N + 3;
   const int64_t plane_in = int64_t(Hin) * Win;
@@ -316,7 +314,7 @@ void tps_warp_forward(int dtype, const void* image, const void* ctrl, const void
       const size_t smem = N > 0 ? Smem<A, BT>::bytes(chunk, false) : 0;
       const int64_t ngroups = (B + BT - 1) / BT;
       const dim3 grid(unsigned((Hout * Wout + kThreads - 1) / kThreads), unsigned(ngroups < 65535 ? ngroups : 65535));
-      tps_warp_forward_kernel<T, BT><<<grid, kThreads, smem, st>>>(
+      FASTLMK_LAUNCH(grid, kThreads, smem, st, tps_warp_forward_kernel<T, BT>)(
           static_cast<const T*>(image), static_cast<const A*>(ctrl), static_cast<const A*>(coef), static_cast<T*>(out),
           int(B), int(C), int(Hin), int(Win), int(Hout), int(Wout), int(N), shared_ctrl, border, chunk,
           GridAxis<A>(Wout), GridAxis<A>(Hout));
@@ -350,7 +348,7 @@ void tps_warp_backward(int dtype, const void* grad_out, const void* image, const
       const int64_t resident = int64_t(per_sm > 0 ? per_sm : 1) * sm_count(kOp);
       int64_t gx = resident / gy;
       gx = gx < 1 ? 1 : gx > ntiles ? ntiles : gx;
-      kernel<<<dim3(unsigned(gx), gy), kThreads, smem, st>>>(
+      FASTLMK_LAUNCH(dim3(unsigned(gx), gy), kThreads, smem, st, kernel)(
           static_cast<const T*>(grad_out), static_cast<const T*>(image), static_cast<const A*>(ctrl),
           static_cast<const A*>(coef), static_cast<A*>(grad_image), static_cast<A*>(grad_coef), int(B), int(C),
           int(Hin), int(Win), int(Hout), int(Wout), int(N), shared_ctrl, border, chunk, GridAxis<A>(Wout),
