@@ -386,7 +386,8 @@ def render_faces(p: dict, size: int = 128, clutter: bool = True, return_aux: boo
     beard_top = c("nose_y") + 0.05 + c("beard_top") + 0.9 * (x / a) ** 2 * (c("mouth_y") - c("nose_y"))
     around_mouth = -_ellipse(au, y - my - 0.01, mw * 1.25, torch.full_like(mw, 0.055))
     beard_d = torch.maximum(torch.maximum(head_e, beard_top - y), around_mouth)
-    must_d = torch.maximum(au - mw * 1.1, torch.maximum(c("nose_y") + 0.035 - y, y - (my - 0.01)))
+    must_top = torch.maximum(c("nose_y") + 0.035, my - 0.055)  # a band above the upper lip
+    must_d = torch.maximum(au - mw * (1.1 - 0.25 * ((y - must_top) / 0.05).clamp(0, 1)), torch.maximum(must_top - y, y - (my - 0.01)))
     beard_alpha = torch.maximum(_alpha(beard_d, aa), _alpha(must_d, aa_u)) * beard
     _over(img, hair, beard_alpha)
 
