@@ -8,11 +8,9 @@ import socket
 import pytest
 import torch
 
-import standin_data
 from fastlmk import checkpoint as ckpt_io
 from fastlmk.config import TrainConfig, apply_overrides, field_names, parse_args, validate
 
-standin_data.install()  # fastlmk.data is written on another branch; a tiny stand-in until merged
 torch.set_num_threads(1)
 
 from fastlmk.train import main, train  # noqa: E402
@@ -78,7 +76,7 @@ def test_validate_errors(tmp_path):
 
 
 def test_bad_dataset_arguments(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'faces'.*synth"):
+    with pytest.raises(ValueError, match="unknown data set 'faces'.*synth"):
         train(tiny(tmp_path, "a", dataset="faces"), progress=False)
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         train(tiny(tmp_path, "b", dataset="celeba", data_root=str(tmp_path / "no_such_dir")), progress=False)
@@ -195,9 +193,6 @@ def _ddp_worker(rank, world, port, cfg, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import standin_data as sd
-
-    sd.install()
     import torch.distributed as dist
 
     from fastlmk.train import train as run
