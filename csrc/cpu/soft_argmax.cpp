@@ -104,17 +104,18 @@ void spatial_backward(const T* __restrict gp, const T* __restrict l, const T* __
 }
 
 // softmax of v * inv_t (length n) -> q, returns lse and writes the expectation of g under q.
+// q and qg are scratch of length n.
 template <typename T>
-inline T softmax_1d(const T* v, T* q, const T* g, int64_t n, T inv_t, T* expect) {
+inline T softmax_1d(const T* __restrict v, T* __restrict q, T* __restrict qg, const T* __restrict g, int64_t n,
+                    T inv_t, T* expect) {
   const T shift = max_of(v, n) * inv_t;
-  T s = 0, e = 0;
-#pragma omp simd reduction(+ : s, e)
+#pragma omp simd
   for (int64_t k = 0; k < n; ++k) {
     q[k] = fast_exp(v[k] * inv_t - shift);
-    s += q[k];
-    e += q[k] * g[k];
+    qg[k] = q[k] * g[k];
   }
-  *expect = e / s;
+  const T s = row_sum(q, n);
+  *expect = row_sum(qg, n) / s;
   return shift + std::log(s);
 }
 
@@ -124,13 +125,9 @@ inline void marginals(const T* __restrict lm, T* __restrict col, T* __restrict r
   for (int64_t j = 0; j < W; ++j) col[j] = 0;
   for (int64_t i = 0; i < H; ++i) {
     const T* __restrict r = lm + i * W;
-    T rs = 0;
-#pragma omp simd reduction(+ : rs)
-    for (int64_t j = 0; j < W; ++j) {
-      col[j] += r[j];
-      rs += r[j];
-    }
-    row[i] = rs / T(W);
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) col[j] += r[j];
+    row[i] = row_sum(r, W) / T(W);
   }
   const T inv_h = T(1) / T(H);
   for (int64_t j = 0; j < W; ++j) col[j] *= inv_h;
@@ -144,12 +141,12 @@ void marginal_forward(const T* __restrict l, T* __restrict pts, T* __restrict st
   for (int64_t i = 0; i < H; ++i) gy[i] = grid_coord<T>(i, H);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> col(W), row(H), q(std::max(H, W));
+    std::vector<T> col(W), row(H), q(std::max(H, W)), qg(std::max(H, W));
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
       marginals(l + m * H * W, col.data(), row.data(), H, W);
-      stats[2 * m] = softmax_1d(col.data(), q.data(), gx.data(), W, inv_t, &pts[2 * m]);
-      stats[2 * m + 1] = softmax_1d(row.data(), q.data(), gy.data(), H, inv_t, &pts[2 * m + 1]);
+      stats[2 * m] = softmax_1d(col.data(), q.data(), qg.data(), gx.data(), W, inv_t, &pts[2 * m]);
+      stats[2 * m + 1] = softmax_1d(row.data(), q.data(), qg.data(), gy.data(), H, inv_t, &pts[2 * m + 1]);
     }
   }
 }

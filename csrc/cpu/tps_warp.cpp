@@ -22,7 +22,8 @@
 // (y0|y1, x0|x1) with weights (1-fy|fy)(1-fx|fx); taps outside the image contribute 0 (zeros).
 // border: ix is first clamped to [0, Win-1]; like PyTorch, the clamp has zero derivative outside
 // and AT the borders (ix <= 0 or ix >= Win-1). zeros: ix is clamped to [-2, Win+1], which changes
-// nothing (all taps are outside beyond -1 / Win) but keeps floor() in int range (NaN -> -2).
+// nothing (all taps are outside beyond -1 / Win) but keeps floor() in int range; a NaN sample
+// point gets in-range taps and NaN weights, so its output is NaN like grid_sample's.
 // Backward, g = dL/dout[b, :, p], v_t = image value at tap t (0 outside):
 //   dL/dimage[b, c, tap t] += w_t g_c                                    (scatter)
 //   dL/dix = sum_c g_c ((1-fy)(v01 - v00) + fy (v11 - v10)),  dL/dsx = dL/dix (Win-1)/2 [mask]
@@ -142,7 +143,7 @@ inline void axis(T sv, T half, int64_t size, int32_t& c0, int32_t& c1, T& frac, 
     v = v < hi + T(2) ? v : hi + T(2);
   }
   const T f0 = std::floor(v);
-  frac = v - f0;
+  frac = sv == sv ? v - f0 : sv;  // a NaN sample point gives NaN weights (as grid_sample does)
   const int32_t i0 = static_cast<int32_t>(f0);
   const int32_t i1 = i0 + 1;
   const int32_t last = static_cast<int32_t>(size - 1);
