@@ -6,9 +6,10 @@
 // spatial:  p = softmax(l * inv_t) over all H*W pixels, x = sum p gx, y = sum p gy.
 //   forward: each thread streams its elements once (4 loads in flight), keeping an online
 //     (max, sum e, sum e gx, sum e gy) in base 2 (t = l * inv_t * log2 e); the group merges the
-//     partial states (shuffles, then shared memory across warps). stats = lse (natural log).
+//     partial states (shuffles, then shared memory across warps). stats = (max t, log2 sum 2^(t - max)):
+//     kept apart, not summed into one lse, whose float32 rounding (~0.01 at |t| ~ 1e5) would bias p.
 //   backward: elementwise, dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p recomputed
-//     from the saved lse.
+//     from the saved (max, log-sum) as 2^((t - max) - log2 s).
 // marginal (IMM): colmean_j = mean_i l_ij, rowmean_i = mean_j l_ij,
 //   q = softmax(colmean * inv_t) (W), r = softmax(rowmean * inv_t) (H), x = sum q gx, y = sum r gy.
 //   forward: each warp of the group sums whole rows (coalesced; warp reduction), then each thread
@@ -136,7 +137,8 @@ __global__ void __launch_bounds__(kThreads)
   if (r == 0 && m < M) {
     st(points + 2 * m, sx / s);
     st(points + 2 * m + 1, sy / s);
-    stats[m] = (mx + log2_(s)) * Consts<A>::ln2;
+    stats[2 * m] = mx;
+    stats[2 * m + 1] = log2_(s);
   }
 }
 
@@ -155,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n = H * W;
   const T* __restrict__ lm = logits + m * n;
   T* __restrict__ gm = grad_logits + m * n;
-  const A lse2 = stats[m] * Consts<A>::log2e;
+  const A mx2 = stats[2 * m], log2s = stats[2 * m + 1];
   const A gpx = ld(grad_points + 2 * m) * inv_t, gpy = ld(grad_points + 2 * m + 1) * inv_t;
   const A x = ld(points + 2 * m), y = ld(points + 2 * m + 1);
   int i = r / W, j = r - (r / W) * W;
@@ -177,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ku = k + u * TPM;
-      if (ku < n) st(gm + ku, exp2_(l[u] * c - lse2) * wgt[u]);
+      if (ku < n) st(gm + ku, exp2_((l[u] * c - mx2) - log2s) * wgt[u]);
     }
   }
 }
