@@ -57,6 +57,17 @@ def _find_nvcc():
     return None
 
 
+def _find_cuda_home(nvcc):
+    """The toolkit root (with include/cuda_runtime.h). nvcc may be a wrapper script or symlink
+    outside the toolkit (e.g. /usr/local/bin/nvcc), so its parent is only one candidate."""
+    candidates = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    candidates += [nvcc.parent.parent, Path("/usr/local/cuda")]
+    for c in candidates:
+        if (c / "include" / "cuda_runtime.h").exists():
+            return c.resolve()
+    raise SystemExit(f"fastlmk: cannot find the CUDA toolkit headers for {nvcc}; set CUDA_HOME")
+
+
 def _find_ninja():
     try:
         import ninja  # the PyPI package ships the binary
@@ -117,13 +128,14 @@ class NinjaBuildExt(build_ext):
         ]
         if ext.kind == "cuda":
             nvcc = _find_nvcc()
-            cuda_home = nvcc.parent.parent
+            cuda_home = _find_cuda_home(nvcc)
             archs = [a.strip() for a in os.environ.get("FASTLMK_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
             gencode = []
             for a in archs:
                 gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
             gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-            nvccflags = opt + ["-std=c++17", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
+            nvccflags = opt + ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+                               "-Xcompiler", "-Wall", "--expt-relaxed-constexpr",
                                "-lineinfo", f"-I{ROOT / 'csrc'}", f"-I{cuda_home / 'include'}"] + gencode
             lines += [
                 f"nvcc = {_q(nvcc)}",
@@ -137,7 +149,7 @@ class NinjaBuildExt(build_ext):
             includes.append(f"-I{cuda_home / 'include'}")
             lines[2] = f"cxxflags = {' '.join(_q(f) for f in includes + cxxflags)}"
             # cudart is linked statically: the module then needs nothing but the driver.
-            libdirs = [cuda_home / "lib64", cuda_home / "lib64" / "stubs", cuda_home / "targets" / "x86_64-linux" / "lib"]
+            libdirs = [cuda_home / "lib64", cuda_home / "lib", cuda_home / "targets" / "x86_64-linux" / "lib"]
             libs = [f"-L{d}" for d in libdirs if d.exists()] + ["-lcudart_static", "-ldl", "-lrt", "-lpthread"]
 
         lines += [

@@ -70,18 +70,25 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def available(backend: str, device: torch.device) -> bool:
-    """True if ``backend`` can run on tensors of ``device`` in this installation."""
+def _has_op(module, op) -> bool:
+    # a stale or partial build may lack an op's kernel: treat that op as not built
+    return module is not None and (op is None or hasattr(module, f"{op}_forward"))
+
+
+def available(backend: str, device: torch.device, op: str | None = None) -> bool:
+    """True if ``backend`` can run (``op``, if given) on tensors of ``device`` here."""
     if backend == "reference":
         return True
     if backend == "cpu":
-        return device.type == "cpu" and cpu_module() is not None
+        return device.type == "cpu" and _has_op(cpu_module(), op)
     if backend == "cuda":
-        return device.type == "cuda" and cuda_module() is not None
+        return device.type == "cuda" and torch.cuda.is_available() and _has_op(cuda_module(), op)
     if backend == "triton":
         if device.type == "cpu" and not triton_interpreted():
             return False
-        return device.type in ("cpu", "cuda") and triton_module() is not None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return False
+        return device.type in ("cpu", "cuda") and _has_op(triton_module(), op)
     return False
 
 
@@ -122,7 +129,7 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
             else:
                 prefs = ()
             for p in prefs:
-                if dtype in DTYPES[p] and available(p, device):
+                if dtype in DTYPES[p] and available(p, device, op):
                     return p
             key = (op, device.type, dtype)
             if key not in _warned:
@@ -140,6 +147,9 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
         return backend
     if not available(backend, device):
         raise RuntimeError(f"fastlmk.{op}: {_why_unavailable(backend, device)}")
+    if not available(backend, device, op):
+        raise RuntimeError(f"fastlmk.{op}: this installation's {backend!r} module has no {op} kernel "
+                           "(a stale build?); reinstall with `pip install .`")
     if dtype not in DTYPES[backend]:
         raise TypeError(
             f"fastlmk.{op}: the {backend!r} backend supports dtypes {DTYPES[backend]}, got {dtype}; "

@@ -3,7 +3,7 @@
 Every backend (this one for "cpu" and "cuda", :mod:`fastlmk.triton` for "triton") exposes the
 same functions over *validated, contiguous* tensors; the op modules call them and own autograd.
 
-    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,S]
+    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,2]
     soft_argmax_backward(grad[M,2], logits, stats, points, inv_t, marginal) -> grad_logits[M,H,W]
     gaussian_heatmaps_forward(points[M,2], H, W, inv_two_var)      -> maps[M,H,W]
     gaussian_heatmaps_backward(grad[M,H,W], points, inv_two_var)   -> grad_points[M,2]
@@ -15,6 +15,8 @@ same functions over *validated, contiguous* tensors; the op modules call them an
                                                                   -> grad_points|None, grad_coef|None
 
 stats, ctrl and coef use the accumulation dtype (float64 for float64 data, float32 otherwise).
+soft-argmax stats (M, 2) are private to a backend (its backward reads them): spatial keeps the
+max and the log of the shifted sum apart (exact p for huge logits), marginal the two lse.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class CppKernels:
     def soft_argmax_forward(self, logits, inv_t, marginal):
         M, H, W = logits.shape
         points = logits.new_empty(M, 2)
-        stats = torch.empty(M, 2 if marginal else 1, dtype=acc_dtype(logits.dtype), device=logits.device)
+        stats = torch.empty(M, 2, dtype=acc_dtype(logits.dtype), device=logits.device)
         self.m.soft_argmax_forward(_DTYPE_CODE[logits.dtype], _ptr(logits), _ptr(points), _ptr(stats),
                                    M, H, W, float(inv_t), bool(marginal), self._ctx(logits))
         return points, stats

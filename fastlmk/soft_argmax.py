@@ -34,7 +34,7 @@ def _soft_argmax_op(heatmaps: torch.Tensor, temperature: float, marginal: bool, 
 @_soft_argmax_op.register_fake
 def _(heatmaps, temperature, marginal, backend):
     B, K = heatmaps.shape[:2]
-    return heatmaps.new_empty(B, K, 2), heatmaps.new_empty(B, K, 2 if marginal else 1, dtype=acc_dtype(heatmaps.dtype))
+    return heatmaps.new_empty(B, K, 2), heatmaps.new_empty(B, K, 2, dtype=acc_dtype(heatmaps.dtype))
 
 
 @torch.library.custom_op("fastlmk::soft_argmax_backward", mutates_args=())

@@ -1,4 +1,4 @@
-"""Thin-plate splines: the TPS container, fitting, and IMM's random warps.
+r"""Thin-plate splines: the TPS container, fitting, and IMM's random warps.
 
 A TPS maps a point p = (x, y) to
 

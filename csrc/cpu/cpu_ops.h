@@ -8,8 +8,9 @@
 namespace fastlmk {
 namespace cpu {
 
-// logits[M, H, W] -> points[M, 2] (x, y), stats[M, S] with S = 1 (spatial: log-sum-exp of
-// logits * inv_temperature) or S = 2 (marginal: lse of the column-mean and row-mean softmaxes).
+// logits[M, H, W] -> points[M, 2] (x, y), stats[M, 2]: spatial (max of logits * inv_temperature,
+// log of the shifted sum), marginal (lse of the column-mean and row-mean softmaxes). The stats are
+// private to the backend: only its own backward reads them.
 void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M,
                          int64_t H, int64_t W, double inv_temperature, bool marginal, int num_threads);
 // grad_points[M, 2], logits, stats, points (from the forward) -> grad_logits[M, H, W] (written).

@@ -6,8 +6,11 @@
 // spatial:  p = softmax(l * inv_t) over all H*W pixels, x = sum p gx, y = sum p gy.
 //   forward  sweep 1: max; sweep 2: e = exp(l inv_t - max inv_t) summed down the columns (sum e,
 //            sum e gy per column, vectorised over the row), then sum e, sum e gx, sum e gy over
-//            the W columns; stats = lse.
-//   backward dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p recomputed from lse.
+//            the W columns; stats = (shift = max * inv_t, log sum e): kept apart rather than
+//            summed into one lse, whose float32 rounding (~0.01 when |l inv_t| ~ 1e5) would bias
+//            every p of the backward.
+//   backward dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy),
+//            p = exp((l inv_t - shift) - log sum e) recomputed from the stats.
 // marginal (IMM): colmean_j = mean_i l_ij, rowmean_i = mean_j l_ij,
 //   q = softmax(colmean * inv_t) (W), r = softmax(rowmean * inv_t) (H), x = sum q gx, y = sum r gy.
 //   stats = (lse_x, lse_y).
@@ -69,7 +72,8 @@ void spatial_forward(const T* __restrict l, T* __restrict pts, T* __restrict sta
       }
       pts[2 * m] = sx / s;
       pts[2 * m + 1] = sy / s;
-      stats[m] = shift + std::log(s);
+      stats[2 * m] = shift;
+      stats[2 * m + 1] = std::log(s);
     }
   }
 }
@@ -86,7 +90,7 @@ void spatial_backward(const T* __restrict gp, const T* __restrict l, const T* __
   for (int64_t m = 0; m < M; ++m) {
     const T* __restrict lm = l + m * n;
     T* __restrict gm = gl + m * n;
-    const T lse = stats[m];
+    const T shift = stats[2 * m], log_s = stats[2 * m + 1];
     const T gpx = gp[2 * m] * inv_t, gpy = gp[2 * m + 1] * inv_t;
     // dL/dl_ij = p_ij (a_j + b_i) with a_j = gpx (gx_j - x), b_i = gpy (gy_i - y)
     const T cx = gpx * pts[2 * m], cy = gpy * pts[2 * m + 1];
@@ -96,7 +100,7 @@ void spatial_backward(const T* __restrict gp, const T* __restrict l, const T* __
       T* __restrict grow = gm + i * W;
 #pragma omp simd
       for (int64_t j = 0; j < W; ++j) {
-        const T p = fast_exp(row[j] * inv_t - lse);
+        const T p = fast_exp((row[j] * inv_t - shift) - log_s);
         grow[j] = p * (gpx * gx[j] + bi);
       }
     }

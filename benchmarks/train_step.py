@@ -1,0 +1,94 @@
+"""Training throughput: one full training step with the fused ops vs the pure-PyTorch reference.
+
+A step = TPS pairs (2 warps + masks) -> derangement -> 2 detector passes (soft-argmax +
+Gaussian maps) -> 4 generator passes -> masked MSE + perceptual -> backward -> clip -> Adam.
+Both backends run the same step on the same batch with the same initial weights; the script
+first checks that their losses agree, then times ``--repeats`` steps each (interleaved, after
+warm-up) and reports the median with p20/p80, in images/s.
+
+    PYTHONPATH=. python benchmarks/train_step.py [--preset cpu] [--threads 1] [--fused auto] [--flags]
+
+Any other ``--key value`` is a TrainConfig override (e.g. ``--method intra``).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fastlmk.config import parse_args
+from fastlmk.losses import FALLBACK, ReconstructionLoss
+from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
+
+
+def make_step(cfg, backend, images):
+    from fastlmk.data import TPSPairs
+
+    torch.manual_seed(cfg.seed)
+    det = Detector(cfg.num_landmarks, cfg.detector_arch, cfg.detector_width, cfg.image_size, cfg.temperature,
+                   cfg.gaussian_std, backend)
+    model = LandmarkAutoencoder(det, Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res), cfg.method)
+    crit = ReconstructionLoss(FALLBACK if cfg.perceptual == "auto" else cfg.perceptual, cfg.vgg_weights or None)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    pairs = TPSPairs(grid_size=cfg.tps_grid, mask_margin=cfg.mask_margin, backend=backend)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def step():
+        p = pairs(images, generator=gen)
+        aux = derangement(images.shape[0], gen) if cfg.method == "inter-intra" else None
+        out = model(p.x, p.x_prime, aux)
+        loss = crit(out["targets"], {"x": p.mask, "x_prime": p.mask_prime})["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.generator.parameters(), cfg.grad_clip)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--fused", default="auto", help="backend of the fused run (auto = the compiled kernels)")
+    args, rest = p.parse_known_args()
+    cfg, _ = parse_args(rest)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from fastlmk.data import build_dataset
+
+    ds = build_dataset(cfg.dataset, cfg.data_root or None, split="train", size=cfg.image_size)
+    images = torch.stack([ds[i]["image"] for i in range(cfg.batch_size)])
+    steps = {"reference": make_step(cfg, "reference", images), args.fused: make_step(cfg, args.fused, images)}
+    first = {k: s() for k, s in steps.items()}  # same weights, same batch, same warps: same loss
+    a, b = first.values()
+    print(f"first-step loss: reference {first['reference']:.6f}, {args.fused} {first[args.fused]:.6f} "
+          f"(rel. diff {abs(a - b) / abs(a):.1e})")
+    assert abs(a - b) <= 1e-3 * abs(a), "backends disagree"
+    for _ in range(args.warmup - 1):
+        for s in steps.values():
+            s()
+    times = {k: [] for k in steps}
+    for _ in range(args.repeats):
+        for k, s in steps.items():  # interleaved: machine-load drift hits both alike
+            t0 = time.perf_counter()
+            s()
+            times[k].append(time.perf_counter() - t0)
+    print(f"\npreset {cfg.preset}: {cfg.method}, {cfg.detector_arch} detector w{cfg.detector_width}, generator "
+          f"w{cfg.generator_width}x{cfg.generator_res}, {cfg.image_size}px, K={cfg.num_landmarks}, batch {cfg.batch_size}, "
+          f"threads {torch.get_num_threads()}, {args.repeats} steps each")
+    print("| backend | step median (s) | p20 | p80 | images/s (median) |")
+    print("|---|---|---|---|---|")
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=5)
+        med = statistics.median(ts)
+        print(f"| {k} | {med:.3f} | {q[0]:.3f} | {q[3]:.3f} | {cfg.batch_size / med:.1f} |")
+    ref, fused = (statistics.median(times[k]) for k in steps)
+    print(f"speed-up of the fused ops: x{ref / fused:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), and loading a detector.
+
+A checkpoint is a ``torch.save``'d dict of plain types and tensors::
+
+    {"format": "fastlmk-checkpoint", "version": 1, "config": dict (TrainConfig), "step": int,
+     "detector": state_dict, "generator": state_dict, "optimizer": state_dict,
+     "scheduler": state_dict, "rng": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+FORMAT = "fastlmk-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str, state: dict) -> str:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same directory, then
+    ``os.replace`` (a crash leaves either the old file or the new one, never half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def checkpoint_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "checkpoints", f"step_{step:08d}.pt")
+
+
+def list_checkpoints(run_dir: str) -> list:
+    """Checkpoint files of a run directory, oldest first."""
+    return sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*.pt")))
+
+
+def prune_checkpoints(run_dir: str, keep_last: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        os.remove(old)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run directory -> its newest checkpoint."""
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"no checkpoints in run directory {path} (expected {path}/checkpoints/step_*.pt)")
+        return found[-1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a fastlmk checkpoint (file or run directory) with ``weights_only=True``.
+
+    Raises FileNotFoundError (missing) or ValueError (unreadable / not a fastlmk checkpoint),
+    both naming the path."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/zip error: say which file
+        raise ValueError(f"cannot load checkpoint {path}: corrupt or not a torch checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fastlmk checkpoint (no 'format': {FORMAT!r} entry)")
+    missing = [k for k in ("config", "detector", "step") if k not in state]
+    if missing:
+        raise ValueError(f"{path}: fastlmk checkpoint lacks {missing}")
+    state["path"] = path
+    return state
+
+
+def build_detector(config: dict):
+    """A fresh Detector as configured by a TrainConfig dict."""
+    from fastlmk.model import Detector
+
+    return Detector(num_landmarks=config["num_landmarks"], arch=config["detector_arch"], width=config["detector_width"],
+                    image_size=config["image_size"], temperature=config["temperature"], std=config["gaussian_std"],
+                    backend=config.get("backend", "auto"))
+
+
+def load_detector(path: str, map_location="cpu"):
+    """-> (Detector in eval mode with the trained weights, config dict)."""
+    state = load_checkpoint(path, map_location)
+    config = state["config"]
+    det = build_detector(config)
+    try:
+        det.load_state_dict(state["detector"])
+    except RuntimeError as e:
+        raise ValueError(f"{state['path']}: detector weights do not match its config: {e}") from e
+    return det.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), config

@@ -1,0 +1,208 @@
+"""Training configuration: one typed dataclass of defaults, presets, and the command line.
+
+Precedence (later wins): preset -> ``--config FILE`` (JSON) -> ``--field value`` flags.
+When resuming, the checkpoint's config replaces the preset and only the keys given in the file
+or on the command line are changed (e.g. ``--steps`` to train longer).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+
+PRESETS = ("auto", "cpu", "gpu", "paper")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "cpu"  # the preset these values started from: cpu | gpu | paper ("auto" on the command line picks cpu/gpu)
+    # --- data ---
+    dataset: str = "synth"  # fastlmk.data.build_dataset name: synth | celeba | mafl | aflw_zhang | aflw_thewlis | folder
+    data_root: str = ""  # dataset directory (not needed for synth)
+    image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
+    train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
+    # --- model (method.md section 3) ---
+    method: str = "inter-intra"  # inter-intra (the seed paper) | intra (IMM/SAIC baseline)
+    num_landmarks: int = 10  # K, the number of discovered landmarks
+    detector_arch: str = "conv"  # hourglass (paper) | conv (IMM's 8-layer encoder, for the CPU)
+    detector_width: int = 32  # hourglass width (paper 256) or conv base width
+    temperature: float = 0.1  # soft-argmax temperature T
+    gaussian_std: float = 0.5  # std of the Gaussian maps, pixels of the S/4 map
+    generator_width: int = 16  # generator base width (paper 32)
+    generator_res: int = 3  # generator residual blocks (paper 6)
+    # --- loss ---
+    perceptual: str = "auto"  # auto (vgg with --vgg-weights, else the measured fallback) | vgg | none | random-conv | ssim | laplacian
+    vgg_weights: str = ""  # path of a local torchvision vgg16 state dict
+    perceptual_weight: float = 1.0  # weight of the perceptual term (MSE has weight 1)
+    # --- TPS pairs (method.md section 5) ---
+    tps_grid: int = 10  # control lattice size per side
+    rotation_std: float = 5.0  # degrees
+    scale_std: float = 0.1  # relative
+    translation_std: float = 0.1  # normalised units
+    warp_std: float = 0.001  # control-point jitter
+    extra_warp_prob: float = 0.5  # probability of the extra jitter
+    mask_margin: float = 0.1  # width of the smooth border mask ramp
+    # --- optimisation (method.md section 4) ---
+    batch_size: int = 16  # per process (per GPU)
+    steps: int = 1500  # training steps
+    lr: float = 1e-3  # Adam learning rate
+    beta1: float = 0.0  # Adam beta1
+    beta2: float = 0.9  # Adam beta2
+    weight_decay: float = 5e-4  # Adam (L2) weight decay
+    lr_decay_every: int = 75000  # multiply lr by lr_decay every this many steps
+    lr_decay: float = 0.1  # lr multiplier
+    grad_clip: float = 1.0  # gradient-norm clip, detector and generator separately (0 = off)
+    # --- system ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backend: str = "auto"  # fastlmk ops backend: auto | reference | cpu | cuda | triton
+    amp: bool = True  # bf16 autocast on CUDA (no effect on the CPU)
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = True  # deterministic cuDNN (same seed -> same losses on a GPU; off is faster)
+    num_workers: int = 0  # DataLoader worker processes
+    threads: int = 0  # CPU threads of torch (0 = torch's default; 1 is much faster on an oversubscribed machine)
+    seed: int = 0  # seeds model init, data order, TPS warps and auxiliary subjects
+    max_minutes: float = 0.0  # stop training (checkpoint, then evaluate) after this wall time; 0 = no limit
+    # --- output ---
+    out_dir: str = "runs"  # parent of the run directories
+    run_name: str = ""  # run directory name (default: <date>-<time>-<dataset>-<method>)
+    log_every: int = 10  # steps between log.csv rows / progress-bar updates
+    sample_every: int = 250  # steps between sample grids (0 = only at the end)
+    ckpt_every: int = 500  # steps between checkpoints (0 = only at the end)
+    keep_last: int = 3  # checkpoints kept
+    tensorboard: bool = False  # also log to TensorBoard (if installed)
+    eval: bool = True  # evaluate the detector at the end (fastlmk.evaluate)
+    eval_dataset: str = ""  # annotated data set for the evaluation (default: synth -> synth, celeba -> mafl, else the training set)
+    eval_train_size: int = 2000  # images to fit the regressor on (0 = all)
+    eval_test_size: int = 1000  # test images (0 = all)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def preset(name: str, cuda: bool = False) -> TrainConfig:
+    """The defaults of a preset. ``auto`` -> ``gpu`` when ``cuda`` else ``cpu``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    if name == "auto":
+        name = "gpu" if cuda else "cpu"
+    if name == "cpu":  # 2 CPU cores, whole run incl. evaluation <= 15 min (timed in docs/readme_train.md)
+        return TrainConfig(preset="cpu", max_minutes=13.0)
+    common = dict(image_size=128, detector_arch="hourglass", batch_size=32, generator_width=32, generator_res=6,
+                  num_workers=4, log_every=50, sample_every=1000, ckpt_every=2000, keep_last=3)
+    if name == "gpu":  # one GPU, a shorter schedule of the paper's networks (hourglass width 128)
+        return TrainConfig(preset="gpu", detector_width=128, steps=20000, **common)
+    # paper: method.md sections 3-4 (hourglass width 256, Adam 1e-3 (0, 0.9) wd 5e-4, x0.1 / 75k, ~85k steps)
+    return TrainConfig(preset="paper", detector_width=256, steps=85000, lr_decay_every=75000, **common)
+
+
+def field_names() -> list:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _unknown(keys, where) -> ValueError:
+    return ValueError(f"unknown config key(s) {sorted(keys)} in {where}; valid keys: {', '.join(field_names())}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict, where: str = "overrides") -> TrainConfig:
+    """Return ``cfg`` with ``overrides`` applied (type-checked); unknown keys -> ValueError."""
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    bad = set(overrides) - set(types)
+    if bad:
+        raise _unknown(bad, where)
+    clean = {}
+    for k, v in overrides.items():
+        t = types[k]
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            raise ValueError(f"config key {k!r} in {where}: expected {t.__name__}, got {v!r}")
+        clean[k] = v
+    return dataclasses.replace(cfg, **clean)
+
+
+def load_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no such file: {path}")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not valid JSON (line {e.lineno}: {e.msg})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config keys, got {type(data).__name__}")
+    return data
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Cheap checks with clear messages (the data set name and paths are checked when built)."""
+    from fastlmk.losses import PERCEPTUAL
+    from fastlmk.model import ARCHS, METHODS
+
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(msg)
+
+    need(cfg.num_landmarks >= 1, f"num_landmarks (K) must be >= 1, got {cfg.num_landmarks}")
+    need(cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}")
+    need(cfg.detector_arch in ARCHS, f"detector_arch must be one of {ARCHS}, got {cfg.detector_arch!r}")
+    mult = 64 if cfg.detector_arch == "hourglass" else 4
+    need(cfg.image_size >= mult and cfg.image_size % mult == 0,
+         f"image_size must be a positive multiple of {mult} for detector_arch={cfg.detector_arch!r}, got {cfg.image_size}")
+    need(cfg.perceptual in PERCEPTUAL + ("auto",), f"perceptual must be one of {('auto',) + PERCEPTUAL}, got {cfg.perceptual!r}")
+    if cfg.perceptual == "vgg" and not cfg.vgg_weights:
+        raise ValueError("perceptual='vgg' needs --vgg-weights PATH (a torchvision vgg16 state dict)")
+    if cfg.vgg_weights and not os.path.isfile(cfg.vgg_weights):
+        raise FileNotFoundError(f"--vgg-weights: no such file: {cfg.vgg_weights}")
+    need(cfg.batch_size >= (2 if cfg.method == "inter-intra" else 1),
+         f"batch_size must be >= {2 if cfg.method == 'inter-intra' else 1} for method={cfg.method!r} "
+         f"(inter-intra takes the auxiliary subject from the same batch), got {cfg.batch_size}")
+    need(cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}")
+    for k in ("lr", "temperature", "gaussian_std"):
+        need(getattr(cfg, k) > 0, f"{k} must be > 0, got {getattr(cfg, k)}")
+    for k in ("log_every", "lr_decay_every", "keep_last", "detector_width", "generator_width"):
+        need(getattr(cfg, k) >= 1, f"{k} must be >= 1, got {getattr(cfg, k)}")
+    for k in ("sample_every", "ckpt_every", "num_workers", "threads", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
+        need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
+    need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastlmk.train",
+        description="Train the inter-intra landmark detector (method.md). Every TrainConfig field is a flag.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--preset", choices=PRESETS, help="defaults to start from (auto: cpu or gpu by the device found)")
+    p.add_argument("--config", metavar="PATH", help="JSON file of config keys (applied after the preset)")
+    p.add_argument("--resume", metavar="PATH", help="checkpoint file or run directory to continue exactly")
+    for f in fields(TrainConfig):
+        if f.name == "preset":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=f"(default {f.default})")
+        else:
+            p.add_argument(flag, dest=f.name, type=f.type, metavar=f.type.__name__.upper(), help=f"(default {f.default!r})")
+    return p
+
+
+def parse_args(argv=None, cuda: bool = False, base: TrainConfig | None = None):
+    """-> (TrainConfig, resume path or None). ``base`` replaces the preset (used on resume)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise SystemExit(f"error: unknown argument(s) {extra}; valid keys: {', '.join(field_names())} "
+                         "(flags are --key-with-dashes value; booleans --flag / --no-flag; plus --preset, --config, --resume)")
+    args = vars(args)
+    name = args.pop("preset", None)
+    file = args.pop("config", None)
+    resume = args.pop("resume", None)
+    if base is not None and name is not None:
+        raise SystemExit("error: --preset cannot be combined with --resume (the run keeps its config; "
+                         "change single keys with their flags)")
+    cfg = base if base is not None else preset(name or "auto", cuda)
+    if file:
+        cfg = apply_overrides(cfg, load_file(file), where=file)
+    cfg = apply_overrides(cfg, args, where="the command line")
+    return cfg, resume

@@ -1,0 +1,184 @@
+"""Reconstruction losses: masked MSE plus a perceptual term (method.md section 2, step 5).
+
+``loss = sum over reconstructions (x_rec, x) of  MSE_m(x_rec, x) + perceptual_m(x_rec, x)``,
+weights 1, where ``m`` is the smooth border mask of the target view (from the pair maker) so
+that the zero padding of the TPS warp is not learned.
+
+Perceptual terms (``PERCEPTUAL``):
+
+* ``"vgg"``: VGG16 (ImageNet) features at relu1_2, relu2_2, relu3_3, relu4_3, MSE per layer,
+  summed [seed-code]. The weights come from a local torchvision ``vgg16`` state dict
+  (``--vgg-weights PATH``); nothing is downloaded.
+* fallbacks for when no VGG weights are at hand (docs/readme_train.md has the measurement that
+  chose the default): ``"none"`` (MSE only), ``"random-conv"`` (MSE of the features of a fixed,
+  randomly initialised conv net), ``"ssim"`` (1 - SSIM, kornia), ``"laplacian"`` (L1 over the
+  bands of a Laplacian pyramid).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")
+FALLBACK = "laplacian"  # chosen by measurement, see docs/readme_train.md
+
+# torchvision vgg16().features up to relu4_3: index -> (in, out) of each conv; the others are
+# ReLU / max-pool. Indices are kept so that the keys are features.N.weight / features.N.bias.
+_VGG_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256),
+              14: (256, 256), 17: (256, 512), 19: (512, 512), 21: (512, 512)}
+_VGG_POOLS = (4, 9, 16)
+_VGG_TAPS = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3
+
+
+def _masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``err`` (B, C, H, W) weighted by ``mask`` (B, 1, H', W') resized to H x W."""
+    if mask is None:
+        return err.mean()
+    if mask.shape[-2:] != err.shape[-2:]:
+        mask = F.adaptive_avg_pool2d(mask, err.shape[-2:])
+    return (err * mask).sum() / (mask.sum() * err.shape[1]).clamp_min(1e-8)
+
+
+def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return _masked_mean((x - y).square(), mask)
+
+
+class VGG16Features(nn.Module):
+    """VGG16 ``features[:23]`` as plain torch layers, inputs in [0, 1] (ImageNet normalisation
+    inside). ``forward`` returns the relu1_2, relu2_2, relu3_3, relu4_3 activations."""
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for i in range(_VGG_TAPS[-1] + 1):
+            if i in _VGG_CONVS:
+                layers.append(nn.Conv2d(*_VGG_CONVS[i], 3, padding=1))
+            elif i in _VGG_POOLS:
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers.append(nn.ReLU(inplace=False))
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_file(cls, path: str) -> "VGG16Features":
+        """Load a torchvision vgg16 state dict (the ``classifier.*`` keys and later feature
+        layers are ignored)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--vgg-weights: no such file: {path}")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the path
+            raise ValueError(f"--vgg-weights: cannot read {path} as a torch state dict ({type(e).__name__}: {e})") from e
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+            sd = sd["state_dict"]
+        net = cls()
+        want = net.state_dict()
+        if not isinstance(sd, dict):
+            raise ValueError(f"--vgg-weights: {path} holds a {type(sd).__name__}, not a state dict")
+        missing = [k for k in want if k not in sd]
+        if missing:
+            raise ValueError(f"--vgg-weights: {path} is not a torchvision vgg16 state dict: missing {missing[:4]}"
+                             f"{' ...' if len(missing) > 4 else ''}")
+        for k, v in want.items():
+            if sd[k].shape != v.shape:
+                raise ValueError(f"--vgg-weights: {path}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+        net.load_state_dict({k: sd[k] for k in want})
+        return net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _VGG_TAPS:
+                out.append(x)
+        return out
+
+
+class RandomConvFeatures(nn.Module):
+    """A fixed conv net with random (seeded, frozen) weights: three stages conv3x3 + ReLU +
+    avg-pool, 32/64/128 channels; the feature loss compares the three stage outputs."""
+
+    def __init__(self, seed: int = 1234):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList()
+        c_in = 3
+        for c in (32, 64, 128):
+            conv = nn.Conv2d(c_in, c, 3, padding=1)
+            with torch.no_grad():  # He init from the fixed generator, independent of the global seed
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (9 * c_in)) ** 0.5)
+                conv.bias.zero_()
+            self.convs.append(conv)
+            c_in = c
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        out = []
+        x = x - 0.5
+        for conv in self.convs:
+            x = F.relu(conv(x))
+            out.append(x)
+            x = F.avg_pool2d(x, 2)
+        return out
+
+
+class ReconstructionLoss(nn.Module):
+    """``sum_i MSE_m(rec_i, target_i) + perceptual_m(rec_i, target_i)``.
+
+    Args:
+        perceptual: one of ``PERCEPTUAL``; ``"vgg"`` needs ``vgg_weights``.
+        vgg_weights: path of a torchvision vgg16 state dict.
+        perceptual_weight: weight of the perceptual term (1 in the seed code).
+    """
+
+    def __init__(self, perceptual: str = FALLBACK, vgg_weights: str | None = None, perceptual_weight: float = 1.0):
+        super().__init__()
+        if perceptual not in PERCEPTUAL:
+            raise ValueError(f"perceptual must be one of {PERCEPTUAL}, got {perceptual!r}")
+        if perceptual == "vgg" and not vgg_weights:
+            raise ValueError("perceptual='vgg' needs --vgg-weights PATH (a torchvision vgg16 state dict)")
+        self.kind, self.weight = perceptual, float(perceptual_weight)
+        self.features = None
+        if perceptual == "vgg":
+            self.features = VGG16Features.from_file(vgg_weights)
+        elif perceptual == "random-conv":
+            self.features = RandomConvFeatures()
+
+    def perceptual(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "none":
+            return x.new_zeros(())
+        if self.features is not None:
+            # feature MSE per layer, summed; mask resized (area) to each layer's resolution
+            fx, fy = self.features(x), self.features(y)
+            return sum(masked_mse(a, b, mask) for a, b in zip(fx, fy))
+        if self.kind == "ssim":
+            from kornia.metrics import ssim
+
+            return _masked_mean(1.0 - ssim(x, y, window_size=7, max_val=1.0), mask)
+        # laplacian: L1 of each band of a Laplacian pyramid (finest band = edges) plus the
+        # coarse residual, equal weights; 4 levels (64 px and up), fewer for smaller images
+        from kornia.geometry.transform import build_laplacian_pyramid
+
+        levels = max(1, min(4, min(x.shape[-2:]).bit_length() - 3))
+        px, py = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
+        return sum(_masked_mean((a - b).abs(), mask) for a, b in zip(px, py))
+
+    def forward(self, pairs, masks: dict | None = None) -> dict:
+        """``pairs``: list of (reconstruction, target, which); ``masks[which]`` (B, 1, S, S) or
+        None. Returns {"loss", "mse", "perceptual"} (scalars, float32)."""
+        mse = perc = 0.0
+        for rec, target, which in pairs:
+            rec, target = rec.float(), target.float()  # precision: losses in float32 under autocast
+            m = None if masks is None else masks.get(which)
+            mse = mse + masked_mse(rec, target, m)
+            perc = perc + self.perceptual(rec, target, m)
+        perc = perc if torch.is_tensor(perc) else torch.zeros(())
+        return {"loss": mse + self.weight * perc, "mse": mse, "perceptual": perc}

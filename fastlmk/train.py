@@ -1,0 +1,427 @@
+"""Train the landmark detector: ``python -m fastlmk.train [--flags]`` (docs/readme_train.md).
+
+One readable loop, top to bottom: config -> data -> model -> (resume) -> loop { TPS pairs,
+auxiliary subjects, forward, loss, backward, clip, step, log, samples, checkpoint } -> evaluate.
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m fastlmk.train ...`` (DDP, detected from
+RANK / WORLD_SIZE / LOCAL_RANK); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from fastlmk import checkpoint as ckpt_io
+from fastlmk.config import TrainConfig, parse_args, validate
+from fastlmk.losses import FALLBACK, ReconstructionLoss
+from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+def _optional(module: str):
+    """Import a module written by another part of the project, or None (warned once)."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as e:
+        warnings.warn(f"{module} is not available ({e}); skipping what needs it", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _eval_sets(cfg: TrainConfig, build_dataset):
+    """(train_set, test_set) with ground-truth landmarks for the final evaluation, or None."""
+    name = cfg.eval_dataset or {"synth": "synth", "celeba": "mafl"}.get(cfg.dataset, cfg.dataset)
+    if name == "folder":
+        return None
+    kw = {"size": cfg.image_size}
+    train = build_dataset(name, cfg.data_root or None, split="train", **kw)
+    test = build_dataset(name, cfg.data_root or None, split="test", **kw)
+    if cfg.eval_train_size and len(train) > cfg.eval_train_size:
+        train = Subset(train, range(cfg.eval_train_size))
+    if cfg.eval_test_size and len(test) > cfg.eval_test_size:
+        test = Subset(test, range(cfg.eval_test_size))
+    return train, test
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM set a flag; the loop checkpoints at the end of the current step and
+    exits. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set, self.reason, self._old = False, "", {}
+
+    def __enter__(self):
+        if hasattr(signal, "SIGTERM") and _is_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set, self.reason = True, signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _is_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _rng_state(gen_pairs: torch.Generator, gen_aux: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "pairs": gen_pairs.get_state(), "aux": gen_aux.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, gen_pairs: torch.Generator, gen_aux: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen_pairs.set_state(state["pairs"])
+    gen_aux.set_state(state["aux"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    """Train with ``cfg`` (continuing the checkpoint ``resume`` when given).
+
+    Returns a summary dict: run_dir, step, history (list of logged rows), eval (dict or None),
+    stopped ("" or why training stopped early), model (the trained LandmarkAutoencoder)."""
+    # ---- distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) ----
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    ddp = world > 1
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and ddp:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if ddp and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    use_amp = cfg.amp and device.type == "cuda"  # bf16 autocast; on the CPU: plain float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    # ---- resume: the checkpoint's config wins (the caller applied command-line changes) ----
+    state = ckpt_io.load_checkpoint(resume) if resume else None
+    if cfg.perceptual == "auto":
+        cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
+    validate(cfg)
+
+    # ---- data: images from the data set, pairs made on the training device ----
+    from fastlmk.data import TPSPairs, build_dataset  # noqa: PLC0415 (the data package is heavy to import)
+
+    extra = {"length": cfg.train_length} if cfg.dataset == "synth" and cfg.train_length else {}
+    dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", size=cfg.image_size, **extra)
+    if len(dataset) < cfg.batch_size * world:
+        raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {world} processes)")
+    make_pairs = TPSPairs(grid_size=cfg.tps_grid, rotation_std=cfg.rotation_std, scale_std=cfg.scale_std,
+                          translation_std=cfg.translation_std, warp_std=cfg.warp_std,
+                          extra_warp_prob=cfg.extra_warp_prob, mask_margin=cfg.mask_margin, backend=cfg.backend)
+
+    # ---- model: detector D, generator P; one Adam over both (method.md section 4) ----
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    detector = Detector(cfg.num_landmarks, cfg.detector_arch, cfg.detector_width, cfg.image_size,
+                        cfg.temperature, cfg.gaussian_std, cfg.backend)
+    generator = Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res)
+    model = LandmarkAutoencoder(detector, generator, cfg.method).to(device)
+    criterion = ReconstructionLoss(cfg.perceptual, cfg.vgg_weights or None, cfg.perceptual_weight).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    # random streams of the step: TPS warps (on the training device) and auxiliary subjects
+    gen_pairs = torch.Generator(device=device).manual_seed(cfg.seed * 1009 + rank + 1)
+    gen_aux = torch.Generator().manual_seed(cfg.seed * 1009 + rank + 7919)
+    step = 0
+    if state is not None:
+        model.detector.load_state_dict(state["detector"])
+        model.generator.load_state_dict(state["generator"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("world_size", 1) != world:
+            raise ValueError(f"{state['path']} was written by {state.get('world_size', 1)} process(es); resume with "
+                             f"as many (data order and random streams are per process), not {world}")
+        _set_rng_state(state["rng"][rank] if ddp else state["rng"], gen_pairs, gen_aux)
+        step = state["step"]
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    core = model.module if ddp else model  # the LandmarkAutoencoder, for state dicts and clipping
+    forward = torch.compile(model) if cfg.compile else model
+
+    # data order: DistributedSampler's per-epoch permutation (seeded); resuming skips the
+    # batches already used in the current epoch at the index level (no image is loaded)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    per_epoch = len(sampler) // cfg.batch_size
+
+    def batches(start_step):
+        epoch, skip = divmod(start_step, per_epoch)
+        while True:
+            sampler.set_epoch(epoch)
+            order = list(sampler)[skip * cfg.batch_size: per_epoch * cfg.batch_size]
+            yield from DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
+                                  num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=False)
+            epoch, skip = epoch + 1, 0
+
+    # ---- run directory (rank 0 writes everything) ----
+    if state is not None:
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(state["path"])))
+    else:
+        name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.method}"
+        run_dir = os.path.join(cfg.out_dir, name)
+    viz = _optional("fastlmk.viz") if master else None
+    tb = None
+    if master:
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        log_path = os.path.join(run_dir, "log.csv")
+        log_fields = ["step", "loss", "mse", "perceptual", "lr", "images_per_s", "elapsed_s"]
+        if state is None or not os.path.exists(log_path):
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerow(log_fields)
+        else:  # drop rows logged after the checkpoint we continue from
+            with open(log_path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            with open(log_path, "w", newline="") as f:
+                w = csv.DictWriter(f, log_fields)
+                w.writeheader()
+                w.writerows(rows)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(os.path.join(run_dir, "tb"))
+            except ImportError:
+                warnings.warn("--tensorboard: the tensorboard package is not installed; logging to log.csv only")
+        print(f"run directory: {run_dir}\n{world} process(es) on {device}, {cfg.method}, {cfg.detector_arch} detector, "
+              f"K={cfg.num_landmarks}, {cfg.image_size}px, batch {cfg.batch_size}x{world}, perceptual={cfg.perceptual}, "
+              f"backend={cfg.backend}{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}; "
+              f"step {step} -> {cfg.steps}", flush=True)
+
+    def save(at_step):
+        """All ranks call it (RNG states are gathered); rank 0 writes."""
+        rng = _rng_state(gen_pairs, gen_aux)
+        if ddp:
+            every = [None] * world
+            dist.all_gather_object(every, rng)
+            rng = every
+        if master:
+            ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(run_dir, at_step), {
+                "config": cfg.to_dict(), "step": at_step, "world_size": world,
+                "detector": core.detector.state_dict(), "generator": core.generator.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng})
+            ckpt_io.prune_checkpoints(run_dir, cfg.keep_last)
+
+    def save_samples(at_step, images, out):
+        if viz is None:
+            return
+        k = min(8, images["x"].shape[0])
+        f = lambda t: t[:k].detach().float().cpu()  # noqa: E731
+        if cfg.method == "intra":
+            rows = [("x", images["x"], None), ("x'", images["x_prime"], out["mu_prime"]),
+                    ("x^' = P(x, G(mu'))", out["x_hat_prime"], out["mu_prime"])]
+        else:
+            rows = [("x", images["x"], out["mu"]), ("x'", images["x_prime"], out["mu_prime"]),
+                    ("x_a", out["x_aux"], out["mu_aux"]), ("x~ = P(x, G(mu_a))", out["x_tilde"], out["mu_aux"]),
+                    ("x~' = P(x', G(mu_a))", out["x_tilde_prime"], out["mu_aux"]),
+                    ("x^' = P(x~, G(mu'))", out["x_hat_prime"], out["mu_prime"]),
+                    ("x^ = P(x~', G(mu))", out["x_hat"], out["mu"])]
+        viz.save_grid([f(r[1]) for r in rows], os.path.join(run_dir, "samples", f"step_{at_step:08d}.png"),
+                      points=[None if r[2] is None else f(r[2]) for r in rows], row_titles=[r[0] for r in rows])
+
+    # ---- the loop ----
+    model.train()
+    history, t_start, stopped = [], time.time(), ""
+    window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "n": 0, "t": time.time(), "images": 0}
+    start_step, t_first = step, time.time()
+    bar = None
+    if master and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
+    data_iter = batches(step)
+    last = None
+    with _StopFlag() as stop:
+        while step < cfg.steps:
+            batch = next(data_iter)
+            images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
+            # 1. intra-subject pair: two random TPS warps of each image, with border masks
+            pairs = make_pairs(images, generator=gen_pairs)
+            # 2. auxiliary subject: a derangement of the batch, drawn per step
+            aux = derangement(images.shape[0], gen_aux).to(device) if cfg.method == "inter-intra" else None
+            # 3-4. detector and generator passes (fastlmk.model.LandmarkAutoencoder)
+            with autocast:
+                out = forward(pairs.x, pairs.x_prime, aux)
+            # 5. loss: masked MSE + perceptual on each reconstruction, in float32
+            losses = criterion(out["targets"], {"x": pairs.mask, "x_prime": pairs.mask_prime})
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if cfg.grad_clip > 0:  # detector and generator clipped separately
+                torch.nn.utils.clip_grad_norm_(core.detector.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(core.generator.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            # ---- bookkeeping (note: .tolist() is a CPU-GPU sync point, once per step) ----
+            values = torch.stack([losses[k].detach().float() for k in ("loss", "mse", "perceptual")]).tolist()
+            if not math.isfinite(values[0]):
+                raise FloatingPointError(f"loss is {values[0]} at step {step}; lower --lr or check the data")
+            for k, v in zip(("loss", "mse", "perceptual"), values):
+                window[k] += v
+            window["n"] += 1
+            window["images"] += images.shape[0] * world
+            if step - start_step == 1:
+                t_first = time.time()
+            if step - start_step == 6 and master:  # warm-up timing over steps 2..6 (the first allocates / compiles)
+                per_step = (time.time() - t_first) / 5
+                with torch.no_grad():
+                    t0 = time.time()
+                    core.detector.eval()
+                    core.detector(pairs.x)
+                    core.detector.train()
+                    per_image_eval = (time.time() - t0) / images.shape[0]
+                n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
+                t_left = per_step * (cfg.steps - step)
+                msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
+                       f"{_fmt_time(t_left)} of training + ~{_fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")
+                cap = 60 * cfg.max_minutes - (time.time() - t_start)
+                if cfg.max_minutes and t_left > cap:
+                    msg += (f"; max_minutes={cfg.max_minutes:g} will stop training after about step "
+                            f"{step + int(cap / per_step)} of {cfg.steps}")
+                (bar.write if bar else print)(msg)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.time() - window["t"]
+                row = {"step": step, "loss": window["loss"] / window["n"], "mse": window["mse"] / window["n"],
+                       "perceptual": window["perceptual"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": window["images"] / max(dt, 1e-9), "elapsed_s": time.time() - t_start}
+                history.append(row)
+                if master:
+                    with open(log_path, "a", newline="") as f:
+                        csv.writer(f).writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in log_fields])
+                    if tb is not None:
+                        for k in ("loss", "mse", "perceptual", "lr", "images_per_s"):
+                            tb.add_scalar(f"train/{k}", row[k], step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
+                window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "n": 0, "t": time.time(), "images": 0}
+            if bar is not None:
+                bar.update(1)
+            if master and cfg.sample_every and step % cfg.sample_every == 0:
+                save_samples(step, {"x": pairs.x, "x_prime": pairs.x_prime}, out)
+            last = (pairs, out)
+
+            # ---- stop requests: signal or time limit, agreed by all ranks ----
+            want_stop = stop.set or (cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes)
+            if ddp:
+                flag = torch.tensor([float(want_stop)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # tiny; keeps the ranks in step
+                want_stop = bool(flag.item())
+            if want_stop and step < cfg.steps:
+                stopped = stop.reason or (f"time limit ({cfg.max_minutes:g} min)" if cfg.max_minutes else "another rank stopped")
+                break
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+    if bar is not None:
+        bar.close()
+    save(step)
+
+    # ---- wrap-up: last samples, loss curve, evaluation (rank 0) ----
+    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped, "model": core}
+    if master:
+        if last is not None:
+            save_samples(step, {"x": last[0].x, "x_prime": last[0].x_prime}, last[1])
+        if viz is not None:
+            viz.plot_losses(log_path, os.path.join(run_dir, "loss.png"))
+        if tb is not None:
+            tb.close()
+        if stopped and stopped in ("SIGINT", "SIGTERM"):
+            print(f"stopped by {stopped} at step {step}; checkpoint saved. Continue with: "
+                  f"python -m fastlmk.train --resume {run_dir}", flush=True)
+        elif cfg.eval:
+            result["eval"] = evaluate(core.detector, cfg, run_dir, device)
+    if ddp:
+        dist.barrier()
+    return result
+
+
+def evaluate(detector: Detector, cfg: TrainConfig, run_dir: str, device) -> dict | None:
+    """fastlmk.evaluate.evaluate_detector on the annotated splits; writes eval.json / eval.md."""
+    ev = _optional("fastlmk.evaluate")
+    if ev is None:
+        return None
+    from fastlmk.data import build_dataset
+
+    sets = _eval_sets(cfg, build_dataset)
+    if sets is None:
+        print(f"no annotated evaluation set for dataset {cfg.dataset!r}; skipping the evaluation")
+        return None
+    detector.eval()
+    t0 = time.time()
+    result = ev.evaluate_detector(detector, sets[0], sets[1], device, out_dir=run_dir)
+    if not os.path.exists(os.path.join(run_dir, "eval.json")):
+        with open(os.path.join(run_dir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    print(f"evaluation ({_fmt_time(time.time() - t0)}) written to {run_dir}/eval.json and eval.md", flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    cuda = torch.cuda.is_available()
+    cfg, resume = parse_args(argv, cuda=cuda)
+    if resume:  # continue with the checkpoint's config, changed only by the keys given
+        from fastlmk.config import apply_overrides
+
+        state = ckpt_io.load_checkpoint(resume)
+        base = apply_overrides(TrainConfig(), state["config"], where=state["path"])
+        cfg, resume = parse_args(argv, cuda=cuda, base=base)
+    try:
+        train(cfg, resume=resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
