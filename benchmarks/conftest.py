@@ -27,15 +27,38 @@ benchmark's ``extra_info``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.util
 import math
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 
+
+def _fastlmk_digest() -> str:
+    """Hash of the fastlmk package that will be imported (Python sources and built modules)."""
+    spec = importlib.util.find_spec("fastlmk")  # locates the package without importing it
+    h = hashlib.sha256()
+    if spec is not None and spec.origin:
+        root = Path(spec.origin).parent
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix in (".py", ".so", ".pyd"):
+                h.update(str(p.relative_to(root)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 # inductor compiles in-process: no pool of compile workers competing with the timed runs on 2 cores
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# torch.compile's on-disk caches do not notice a changed fake (meta) implementation of a custom op
+# and replay a stale graph (seen here: soft_argmax's stats went from (B, K, 1) to (B, K, 2) and the
+# cached graph asserted the old shape). One cache directory per version of the fastlmk sources.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"torchinductor_fastlmk_bench_{_fastlmk_digest()}"))
 
 import torch  # noqa: E402
 
