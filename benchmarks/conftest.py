@@ -27,42 +27,17 @@ benchmark's ``extra_info``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.util
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 
 
-def _fastlmk_digest() -> str:
-    """Hash of the fastlmk package that will be imported (Python sources and built modules)."""
-    spec = importlib.util.find_spec("fastlmk")  # locates the package without importing it
-    h = hashlib.sha256()
-    if spec is not None and spec.origin:
-        root = Path(spec.origin).parent
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and p.suffix in (".py", ".so", ".pyd"):
-                h.update(str(p.relative_to(root)).encode())
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+import torch
 
-
-# inductor compiles in-process: no pool of compile workers competing with the timed runs on 2 cores
-os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-# torch.compile's on-disk caches do not notice a changed fake (meta) implementation of a custom op
-# and replay a stale graph (seen here: soft_argmax's stats went from (B, K, 1) to (B, K, 2) and the
-# cached graph asserted the old shape). One cache directory per version of the fastlmk sources.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"torchinductor_fastlmk_bench_{_fastlmk_digest()}"))
-
-import torch  # noqa: E402
-
-from fastlmk import _backends  # noqa: E402
+from fastlmk import _backends
 
 HAS_CUDA = torch.cuda.is_available()
 MODES = ("forward", "forward+backward")
@@ -363,12 +338,6 @@ def run(benchmark, case: Case, provider: str, mode: str, fn: Optional[Callable],
         check_answer(result, reference_result(case, mode, reference_fn), case, provider, mode)
     del result
 
-    if t_first < 1.0:  # the first call may carry one-off costs: size the rounds on a second one
-        t0 = time.perf_counter()
-        step()
-        _sync(case.device)
-        t_first = min(t_first, time.perf_counter() - t0)
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S / max(t_first, 1e-7))))
     warmup = 1 if t_first < 0.05 else 0
     if case.device == "cuda":
         def timed():
@@ -383,7 +352,7 @@ def run(benchmark, case: Case, provider: str, mode: str, fn: Optional[Callable],
                                 device=case.device, torch=torch.__version__, threads=torch.get_num_threads())
     if extra:
         benchmark.extra_info.update(extra)
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    time_rounds(benchmark, timed, warmup)
 
     stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
     if case.device == "cuda" and mode in case.nbytes and stats is not None:
@@ -392,6 +361,30 @@ def run(benchmark, case: Case, provider: str, mode: str, fn: Optional[Callable],
         achieved = case.nbytes[mode] / median / 1e9
         benchmark.extra_info.update(min_bytes=case.nbytes[mode], achieved_GBps=achieved, copy_GBps=copy_bw,
                                     fraction_of_copy=achieved / copy_bw, device_name=torch.cuda.get_device_name())
+
+
+def time_rounds(benchmark, timed: Callable, warmup: int) -> None:
+    """MIN_ROUNDS rounds through ``benchmark.pedantic``, then more until BUDGET_S is spent.
+
+    A rounds count fixed in advance from a calibration call (what pytest-benchmark does) can
+    run for minutes on a shared machine when the load jumps after calibrating (seen: a 0.3 ms
+    call calibrated to 863 rounds that then took 48 ms each). Here the budget is a deadline:
+    after the first MIN_ROUNDS rounds, further rounds are timed with the same clock
+    (``time.perf_counter``, pytest-benchmark's default timer) and added to the fixture's
+    statistics until the deadline or MAX_ROUNDS.
+    """
+    start = time.perf_counter()
+    benchmark.pedantic(timed, rounds=MIN_ROUNDS, warmup_rounds=warmup, iterations=1)
+    stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
+    if stats is None:
+        return
+    deadline = start + BUDGET_S
+    for _ in range(MAX_ROUNDS - MIN_ROUNDS):
+        if time.perf_counter() >= deadline:
+            break
+        t0 = time.perf_counter()
+        timed()
+        stats.stats.update(time.perf_counter() - t0)
 
 
 def compiled(fn: Callable) -> Callable:
