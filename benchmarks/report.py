@@ -18,7 +18,7 @@ import json
 import sys
 from collections import defaultdict
 
-OP_ORDER = ["soft_argmax[spatial]", "soft_argmax[marginal]", "gaussian_heatmaps", "tps_warp", "tps_pair_making",
+OP_ORDER = ["soft_argmax[spatial]", "soft_argmax[marginal]", "soft_argmax", "gaussian_heatmaps", "tps_warp", "tps_pair_making",
             "tps_transform_points"]
 MODE_ORDER = ["forward", "forward+backward"]
 SHAPE_ORDER = ["paper", "large", "tiny"]
