@@ -201,3 +201,11 @@ def gradcheck(fn, inputs, backend: str) -> bool:
     """torch.autograd.gradcheck; under the (slow) Triton interpreter in fast mode (one random
     projection of the Jacobian instead of one forward pass per input element)."""
     return torch.autograd.gradcheck(fn, inputs, fast_mode=(backend == "triton" and TRITON_SMALL_ONLY))
+
+
+def pytest_report_header(config):
+    import fastlmk
+
+    cpu = torch.device("cpu")
+    built = [b for b in ("cpu", "cuda", "triton") if _backends.available(b, torch.device("cuda") if b == "cuda" else cpu)]
+    return [f"fastlmk {fastlmk.__version__} from {os.path.dirname(fastlmk.__file__)}; backends runnable here: {built}"]
