@@ -2,18 +2,8 @@
 
 This module is the ``backend="triton"`` kernel set (:func:`fastlmk._backends.kernels`): the
 functions below take *validated, contiguous* tensors and follow the tensor-level interface
-documented in :mod:`fastlmk._cpp`::
-
-    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,S]
-    soft_argmax_backward(grad[M,2], logits, stats, points, inv_t, marginal) -> grad_logits[M,H,W]
-    gaussian_heatmaps_forward(points[M,2], H, W, inv_two_var)      -> maps[M,H,W]
-    gaussian_heatmaps_backward(grad[M,H,W], points, inv_two_var)   -> grad_points[M,2]
-    tps_warp_forward(image[B,C,Hi,Wi], ctrl[Bc,N,2], coef[B,N+3,2], Ho, Wo, border) -> out
-    tps_warp_backward(grad_out, image, ctrl, coef, border, need_image, need_coef)
-                                                                  -> grad_image|None, grad_coef|None
-    tps_transform_points_forward(points[B,M,2], ctrl, coef)        -> out[B,M,2]
-    tps_transform_points_backward(grad, points, ctrl, coef, need_points, need_coef)
-                                                                  -> grad_points|None, grad_coef|None
+documented at the top of :mod:`fastlmk._cpp` (the same names, arguments and returns as
+``fastlmk._cpp.CppKernels``).
 
 Data in float32, float16, bfloat16 (accumulated in float32) or float64 (accumulated in float64);
 stats, ctrl and coef in the accumulation dtype. Each kernel module (``soft_argmax``,
