@@ -88,6 +88,29 @@ def _unnormalise(s, size, BORDER: tl.constexpr):
 
 
 @triton.jit
+def _bilinear_taps(ix, iy, Hi, Wi, tile):
+    """The four bilinear taps of pixel-unit sample positions (ix, iy): fractions (fx, fy), in-bounds
+    masks m00, m01, m10, m11 (restricted to ``tile``) and flat offsets o00 .. o11 into an Hi x Wi plane
+    (row y0 or y0 + 1, column x0 or x0 + 1, x0 = floor(ix), y0 = floor(iy))."""
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    fx = ix - x0f
+    fy = iy - y0f
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    vx0 = (x0 >= 0) & (x0 < Wi)
+    vx1 = (x1 >= 0) & (x1 < Wi)
+    vy0 = (y0 >= 0) & (y0 < Hi)
+    vy1 = (y1 >= 0) & (y1 < Hi)
+    o00 = y0 * Wi + x0
+    o10 = o00 + Wi
+    return (fx, fy, tile & vy0 & vx0, tile & vy0 & vx1, tile & vy1 & vx0, tile & vy1 & vx1,
+            o00, o00 + 1, o10, o10 + 1)
+
+
+@triton.jit
 def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
                 IS_F64: tl.constexpr, SHARED: tl.constexpr, BORDER: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -106,27 +129,8 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
     sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
     ix, _ = _unnormalise(sx, Wi, BORDER)
     iy, _ = _unnormalise(sy, Hi, BORDER)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    fx = ix - x0f
-    fy = iy - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    x1 = x0 + 1
-    y1 = y0 + 1
     tile = bmask[:, None] & pmask[None, :]
-    vx0 = (x0 >= 0) & (x0 < Wi)
-    vx1 = (x1 >= 0) & (x1 < Wi)
-    vy0 = (y0 >= 0) & (y0 < Hi)
-    vy1 = (y1 >= 0) & (y1 < Hi)
-    m00 = tile & vy0 & vx0
-    m01 = tile & vy0 & vx1
-    m10 = tile & vy1 & vx0
-    m11 = tile & vy1 & vx1
-    o00 = y0 * Wi + x0
-    o01 = o00 + 1
-    o10 = o00 + Wi
-    o11 = o10 + 1
+    fx, fy, m00, m01, m10, m11, o00, o01, o10, o11 = _bilinear_taps(ix, iy, Hi, Wi, tile)
     w00 = (1.0 - fx) * (1.0 - fy)
     w01 = fx * (1.0 - fy)
     w10 = (1.0 - fx) * fy
@@ -168,27 +172,8 @@ def _bwd_kernel(g_ptr, img_ptr, ctrl_ptr, coef_ptr, gi_ptr, gc_ptr, B, C, Hi, Wi
     sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
     ix, dix_dsx = _unnormalise(sx, Wi, BORDER)
     iy, diy_dsy = _unnormalise(sy, Hi, BORDER)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    fx = ix - x0f
-    fy = iy - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    x1 = x0 + 1
-    y1 = y0 + 1
     tile = bmask[:, None] & pmask[None, :]
-    vx0 = (x0 >= 0) & (x0 < Wi)
-    vx1 = (x1 >= 0) & (x1 < Wi)
-    vy0 = (y0 >= 0) & (y0 < Hi)
-    vy1 = (y1 >= 0) & (y1 < Hi)
-    m00 = tile & vy0 & vx0
-    m01 = tile & vy0 & vx1
-    m10 = tile & vy1 & vx0
-    m11 = tile & vy1 & vx1
-    o00 = y0 * Wi + x0
-    o01 = o00 + 1
-    o10 = o00 + Wi
-    o11 = o10 + 1
+    fx, fy, m00, m01, m10, m11, o00, o01, o10, o11 = _bilinear_taps(ix, iy, Hi, Wi, tile)
     plane = Hi * Wi
     img_b = img_ptr + (b * C * plane)[:, None]
     gi_b = gi_ptr + (b * C * plane)[:, None]
