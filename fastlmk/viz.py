@@ -287,12 +287,17 @@ def plot_losses(csv_path, out_png, smoothing: float | None = None, columns: list
         ax.set_title(f"{csv_path.name}: faint = logged, bold = EMA {smoothing:.2f}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, format="png")
+        return _save_figure(fig, out_png)
     finally:
         plt.close(fig)
+
+
+def _save_figure(fig, out_png) -> Path:
+    """tight_layout, create the folder, write the PNG; -> its path."""
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, format="png")
     return out_png
 
 
@@ -348,13 +353,9 @@ def plot_evaluation(results: dict, out_png, title: str | None = None) -> Path:
         ax2.legend(fontsize=8)
         if title:
             fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_png, format="png")
+        return _save_figure(fig, out_png)
     finally:
         plt.close(fig)
-    return out_png
 
 
 __all__ = ["LANDMARK_COLORS", "LANDMARK_NAMES", "draw_landmarks", "landmark_color", "loss_columns",
