@@ -27,7 +27,7 @@ def make_step(cfg, backend, images):
 
     torch.manual_seed(cfg.seed)
     det = Detector(cfg.num_landmarks, cfg.detector_arch, cfg.detector_width, cfg.image_size, cfg.temperature,
-                   cfg.gaussian_std, backend)
+                   cfg.gaussian_std, backend, cfg.soft_argmax)
     model = LandmarkAutoencoder(det, Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res), cfg.method)
     crit = ReconstructionLoss(FALLBACK if cfg.perceptual == "auto" else cfg.perceptual, cfg.vgg_weights or None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)

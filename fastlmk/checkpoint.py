@@ -85,7 +85,7 @@ def build_detector(config: dict):
 
     return Detector(num_landmarks=config["num_landmarks"], arch=config["detector_arch"], width=config["detector_width"],
                     image_size=config["image_size"], temperature=config["temperature"], std=config["gaussian_std"],
-                    backend=config.get("backend", "auto"))
+                    backend=config.get("backend", "auto"), mode=config.get("soft_argmax", "spatial"))
 
 
 def load_detector(path: str, map_location="cpu"):

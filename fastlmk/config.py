@@ -28,6 +28,7 @@ class TrainConfig:
     detector_arch: str = "conv"  # hourglass (paper) | conv (IMM's 8-layer encoder, for the CPU)
     detector_width: int = 32  # hourglass width (paper 256) or conv base width
     temperature: float = 0.1  # soft-argmax temperature T
+    soft_argmax: str = "spatial"  # spatial (softmax over the map, seed code) | marginal (IMM: 1-D softmax per axis)
     gaussian_std: float = 0.5  # std of the Gaussian maps, pixels of the S/4 map
     generator_width: int = 16  # generator base width (paper 32)
     generator_res: int = 3  # generator residual blocks (paper 6)
@@ -145,6 +146,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     need(cfg.num_landmarks >= 1, f"num_landmarks (K) must be >= 1, got {cfg.num_landmarks}")
     need(cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}")
+    need(cfg.soft_argmax in ("spatial", "marginal"), f"soft_argmax must be 'spatial' or 'marginal', got {cfg.soft_argmax!r}")
     need(cfg.detector_arch in ARCHS, f"detector_arch must be one of {ARCHS}, got {cfg.detector_arch!r}")
     mult = 64 if cfg.detector_arch == "hourglass" else 4
     need(cfg.image_size >= mult and cfg.image_size % mult == 0,

@@ -484,12 +484,12 @@ def detector_image_size(detector, config: dict | None) -> int:
 
 def supervised_config_from(detector, config: dict | None) -> dict:
     """Detector arguments for the supervised bound, so it has the unsupervised model's shape
-    (TrainConfig keys detector_arch, detector_width, temperature, gaussian_std, backend; else the
+    (TrainConfig keys detector_arch, detector_width, temperature, gaussian_std, backend, soft_argmax; else the
     detector's own attributes)."""
     cfg = {}
     for key, conf_key, attr in (("arch", "detector_arch", "arch"), ("width", "detector_width", "width"),
                                 ("temperature", "temperature", "temperature"), ("std", "gaussian_std", "std_px"),
-                                ("backend", "backend", "backend")):
+                                ("backend", "backend", "backend"), ("mode", "soft_argmax", "mode")):
         v = _config_get(config or {}, conf_key)
         if v is None:
             v = getattr(detector, attr, None)

@@ -110,11 +110,13 @@ class Detector(nn.Module):
         std: Gaussian std in pixels of the S/4 map (0.5); converted to normalised units
             ``std * 2 / (h - 1)``.
         backend: backend of the fused ops (``"auto"``, ``"reference"``, ...).
+        mode: soft-argmax mode, ``"spatial"`` (softmax over the whole map, the seed code) or
+            ``"marginal"`` (IMM: average over one axis, 1-D softmax along the other).
     """
 
     def __init__(self, num_landmarks: int = 10, arch: str = "hourglass", width: int | None = None,
                  image_size: int = 128, temperature: float = 0.1, std: float | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", mode: str = "spatial"):
         super().__init__()
         if not isinstance(num_landmarks, int) or num_landmarks < 1:
             raise ValueError(f"Detector: num_landmarks must be an integer >= 1, got {num_landmarks!r}")
@@ -123,12 +125,14 @@ class Detector(nn.Module):
         mult = 64 if arch == "hourglass" else 4
         if image_size < mult or image_size % mult:
             raise ValueError(f"Detector: image_size must be a positive multiple of {mult} for arch={arch!r}, got {image_size}")
+        if mode not in ("spatial", "marginal"):
+            raise ValueError(f"Detector: mode must be 'spatial' or 'marginal', got {mode!r}")
         if width is None:
             width = 256 if arch == "hourglass" else 32
         if width < 8:
             raise ValueError(f"Detector: width must be >= 8, got {width}")
         self.num_landmarks, self.arch, self.width, self.image_size = num_landmarks, arch, width, image_size
-        self.temperature, self.backend = float(temperature), backend
+        self.temperature, self.backend, self.mode = float(temperature), backend, mode
         self.map_size = image_size // 4  # h
         self.std_px = 0.5 if std is None else float(std)
         self.std = self.std_px * 2.0 / (self.map_size - 1)  # normalised units of [-1, 1]
@@ -147,7 +151,7 @@ class Detector(nn.Module):
         heatmaps = self.head(self.body(images))  # (B, K, h, w)
         # precision: the bottleneck runs in float32 even under bf16 autocast (softmax of logits / 0.1)
         heatmaps = heatmaps.float()
-        points = fastlmk.soft_argmax(heatmaps, self.temperature, "spatial", backend=self.backend)  # (B, K, 2)
+        points = fastlmk.soft_argmax(heatmaps, self.temperature, self.mode, backend=self.backend)  # (B, K, 2)
         return DetectorOutput(heatmaps, points, self.render(points))
 
 

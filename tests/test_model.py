@@ -32,11 +32,20 @@ def test_detector_shapes(arch, S, width):
     torch.testing.assert_close(out.points, fastlmk.reference.soft_argmax(out.heatmaps, 0.1, "spatial"))
 
 
+def test_detector_marginal_mode():
+    det = Detector(4, "conv", 8, image_size=32, temperature=0.5, std=1.0, backend="reference", mode="marginal")
+    out = det(_images(2, 32))
+    torch.testing.assert_close(out.points, fastlmk.reference.soft_argmax(out.heatmaps, 0.5, "marginal"))
+    assert det.std == pytest.approx(1.0 * 2 / (8 - 1))
+
+
 def test_detector_bad_arguments():
     with pytest.raises(ValueError, match="num_landmarks"):
         Detector(0, "conv", 8, 32)
     with pytest.raises(ValueError, match="arch"):
         Detector(4, "resnet", 8, 32)
+    with pytest.raises(ValueError, match="mode"):
+        Detector(4, "conv", 8, 32, mode="argmax")
     with pytest.raises(ValueError, match="multiple of 64"):
         Detector(4, "hourglass", 16, 96)
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):

@@ -71,6 +71,8 @@ def test_validate_errors(tmp_path):
         validate(TrainConfig(batch_size=1))
     with pytest.raises(ValueError, match="method"):
         validate(TrainConfig(method="cycle"))
+    with pytest.raises(ValueError, match="soft_argmax must be"):
+        validate(TrainConfig(soft_argmax="argmax"))
     with pytest.raises(FileNotFoundError, match="vgg.pth"):
         validate(TrainConfig(vgg_weights=str(tmp_path / "vgg.pth")))
 
