@@ -17,17 +17,17 @@ import time
 
 import torch
 
+from fastlmk.checkpoint import build_detector
 from fastlmk.config import parse_args
 from fastlmk.losses import FALLBACK, ReconstructionLoss
-from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
+from fastlmk.model import Generator, LandmarkAutoencoder, derangement
 
 
 def make_step(cfg, backend, images):
     from fastlmk.data import TPSPairs
 
     torch.manual_seed(cfg.seed)
-    det = Detector(cfg.num_landmarks, cfg.detector_arch, cfg.detector_width, cfg.image_size, cfg.temperature,
-                   cfg.gaussian_std, backend, cfg.soft_argmax)
+    det = build_detector({**cfg.to_dict(), "backend": backend})
     model = LandmarkAutoencoder(det, Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res), cfg.method)
     crit = ReconstructionLoss(FALLBACK if cfg.perceptual == "auto" else cfg.perceptual, cfg.vgg_weights or None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)

@@ -142,7 +142,7 @@ def load_file(path: str) -> dict:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cheap checks with clear messages (the data set name and paths are checked when built)."""
     from fastlmk.losses import PERCEPTUAL
-    from fastlmk.model import ARCHS, METHODS
+    from fastlmk.model import ARCHS, METHODS, SOFT_ARGMAX_MODES
 
     def need(cond, msg):
         if not cond:
@@ -150,7 +150,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     need(cfg.num_landmarks >= 1, f"num_landmarks (K) must be >= 1, got {cfg.num_landmarks}")
     need(cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}")
-    need(cfg.soft_argmax in ("spatial", "marginal"), f"soft_argmax must be 'spatial' or 'marginal', got {cfg.soft_argmax!r}")
+    need(cfg.soft_argmax in SOFT_ARGMAX_MODES, f"soft_argmax must be one of {SOFT_ARGMAX_MODES}, got {cfg.soft_argmax!r}")
     need(cfg.detector_arch in ARCHS, f"detector_arch must be one of {ARCHS}, got {cfg.detector_arch!r}")
     mult = 64 if cfg.detector_arch == "hourglass" else 4
     need(cfg.image_size >= mult and cfg.image_size % mult == 0,

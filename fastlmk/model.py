@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastlmk
+from fastlmk.soft_argmax import MODES as SOFT_ARGMAX_MODES
 
 ARCHS = ("hourglass", "conv")
 METHODS = ("inter-intra", "intra")
@@ -125,8 +126,8 @@ class Detector(nn.Module):
         mult = 64 if arch == "hourglass" else 4
         if image_size < mult or image_size % mult:
             raise ValueError(f"Detector: image_size must be a positive multiple of {mult} for arch={arch!r}, got {image_size}")
-        if mode not in ("spatial", "marginal"):
-            raise ValueError(f"Detector: mode must be 'spatial' or 'marginal', got {mode!r}")
+        if mode not in SOFT_ARGMAX_MODES:
+            raise ValueError(f"Detector: mode must be one of {SOFT_ARGMAX_MODES}, got {mode!r}")
         if width is None:
             width = 256 if arch == "hourglass" else 32
         if width < 8:

@@ -8,6 +8,7 @@ from fastlmk import _backends, _checks, reference
 from fastlmk._cpp import acc_dtype
 
 _OP = "soft_argmax"
+MODES = ("spatial", "marginal")  # the ``mode`` argument
 
 
 def _forward(heatmaps, temperature, marginal, backend):
@@ -105,7 +106,7 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "s
     """
     _checks.tensor(_OP, "heatmaps", heatmaps, ndim=4)
     temperature = _checks.positive_float(_OP, "temperature", temperature)
-    _checks.choice(_OP, "mode", mode, ("spatial", "marginal"))
+    _checks.choice(_OP, "mode", mode, MODES)
     be = _backends.resolve(_OP, backend, heatmaps.device, heatmaps.dtype)
     if be == "reference" or heatmaps.numel() == 0:
         return reference.soft_argmax(heatmaps, temperature, mode)

@@ -157,8 +157,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     # ---- model: detector D, generator P; one Adam over both (method.md section 4) ----
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    detector = Detector(cfg.num_landmarks, cfg.detector_arch, cfg.detector_width, cfg.image_size,
-                        cfg.temperature, cfg.gaussian_std, cfg.backend, cfg.soft_argmax)
+    detector = ckpt_io.build_detector(cfg.to_dict())
     generator = Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res)
     model = LandmarkAutoencoder(detector, generator, cfg.method).to(device)
     criterion = ReconstructionLoss(cfg.perceptual, cfg.vgg_weights or None, cfg.perceptual_weight).to(device)
