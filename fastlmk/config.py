@@ -22,6 +22,7 @@ class TrainConfig:
     data_root: str = ""  # dataset directory (not needed for synth)
     image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
     train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
+    synth_pose: str = "wild"  # synth only: wild (AFLW-like poses) | aligned (MAFL-like: near-fixed eyes, larger faces)
     # --- model (method.md section 3) ---
     method: str = "inter-intra"  # inter-intra (the seed paper) | intra (IMM/SAIC baseline)
     num_landmarks: int = 10  # K, the number of discovered landmarks
@@ -44,6 +45,10 @@ class TrainConfig:
     warp_std: float = 0.001  # control-point jitter
     extra_warp_prob: float = 0.5  # probability of the extra jitter
     mask_margin: float = 0.1  # width of the smooth border mask ramp
+    equivariance_weight: float = 0.0  # [ours] weight of |T(D(x)) - T'(D(x'))|^2 (points mapped back to the source image); 0 = the paper's objective
+    separation_weight: float = 0.0  # [ours] weight of a term that keeps the K points of an image apart (with equivariance)
+    separation_std: float = 0.08  # [ours] length scale of that term, normalised units ([-1, 1])
+    intra_warmup: int = 0  # [ours] train the first N steps with the intra objective, then the method's (inter-intra)
     # --- optimisation (method.md section 4) ---
     batch_size: int = 16  # per process (per GPU)
     steps: int = 1500  # training steps
@@ -75,6 +80,7 @@ class TrainConfig:
     eval: bool = True  # evaluate the detector at the end (fastlmk.evaluate)
     eval_dataset: str = ""  # annotated data set for the evaluation (default: synth -> synth, celeba -> mafl, else the training set)
     eval_train_size: int = 2000  # images to fit the regressor on (0 = all)
+    eval_split: str = "test"  # split the error is reported on: test | val (synth: tune on val, report test)
     eval_test_size: int = 1000  # test images (0 = all)
 
     def to_dict(self) -> dict:
@@ -171,6 +177,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for k in ("sample_every", "ckpt_every", "num_workers", "threads", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
         need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
     need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
+    need(cfg.synth_pose in ("wild", "aligned"), f"synth_pose must be wild or aligned, got {cfg.synth_pose!r}")
+    need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")
+    need(cfg.equivariance_weight >= 0, f"equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
+    need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")
+    need(cfg.separation_std > 0, f"separation_std must be > 0, got {cfg.separation_std}")
+    need(cfg.intra_warmup >= 0, f"intra_warmup must be >= 0, got {cfg.intra_warmup}")
     return cfg
 
 

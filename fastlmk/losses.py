@@ -182,3 +182,31 @@ class ReconstructionLoss(nn.Module):
             perc = perc + self.perceptual(rec, target, m)
         perc = perc if torch.is_tensor(perc) else torch.zeros(())
         return {"loss": mse + self.weight * perc, "mse": mse, "perceptual": perc}
+
+
+def equivariance_loss(mu: torch.Tensor, mu_prime: torch.Tensor, tps, tps_prime) -> torch.Tensor:
+    """[ours, after Thewlis et al. 2017] ``mean |T(mu) - T'(mu')|^2`` over the batch and the K points.
+
+    ``x = warp(I, T)`` samples the source image ``I`` at ``T(p)``, so a landmark found at ``mu`` on
+    ``x`` sits at ``T(mu)`` in ``I``; the same landmark found on ``x'`` must land on the same spot.
+    Unlike the reconstruction loss, which reaches the detector only through the generator, this
+    gives the detector a direct gradient. Units: squared normalised coordinates ([-1, 1]).
+    """
+    import fastlmk
+
+    p = fastlmk.tps_transform_points(mu.float(), tps)
+    p_prime = fastlmk.tps_transform_points(mu_prime.float(), tps_prime)
+    return (p - p_prime).square().sum(-1).mean()
+
+
+def separation_loss(mu: torch.Tensor, std: float) -> torch.Tensor:
+    """[ours, after Zhang et al. 2018] ``mean over i != j of exp(-|mu_i - mu_j|^2 / (2 std^2))``.
+
+    Keeps the K points of an image apart (an equivariance term alone is satisfied by all points
+    collapsing onto one trackable spot). ``mu``: (B, K, 2); ``std`` in normalised units."""
+    K = mu.shape[1]
+    if K < 2:
+        return mu.new_zeros(())
+    d2 = (mu.float()[:, :, None] - mu.float()[:, None]).square().sum(-1)  # (B, K, K)
+    off = ~torch.eye(K, dtype=torch.bool, device=mu.device)
+    return torch.exp(-d2[:, off] / (2 * std * std)).mean()

@@ -237,18 +237,24 @@ class LandmarkAutoencoder(nn.Module):
     intra (IMM / SAIC):  mu' = D(x'),  x^' = P(x, G(mu')),  loss on (x^', x').
     """
 
-    def __init__(self, detector: Detector, generator: Generator, method: str = "inter-intra"):
+    def __init__(self, detector: Detector, generator: Generator, method: str = "inter-intra",
+                 points_of_x: bool = False):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.detector, self.generator, self.method = detector, generator, method
+        # intra computes only mu' = D(x'); the equivariance term also needs mu = D(x) (one more pass)
+        self.points_of_x = points_of_x
 
     def forward(self, x: torch.Tensor, x_prime: torch.Tensor, aux: torch.Tensor | None = None) -> dict:
         D, P = self.detector, self.generator
         if self.method == "intra":
             d_p = D(x_prime)  # mu' = D(x')
             x_hat_p = P(x, d_p.maps)  # x^' = P(x, G(mu'))
-            return {"mu_prime": d_p.points, "x_hat_prime": x_hat_p, "targets": [(x_hat_p, x_prime, "x_prime")]}
+            out = {"mu_prime": d_p.points, "x_hat_prime": x_hat_p, "targets": [(x_hat_p, x_prime, "x_prime")]}
+            if self.points_of_x:
+                out["mu"] = D(x).points
+            return out
         if aux is None:
             raise ValueError("inter-intra needs aux, a derangement of the batch")
         x_a = x[aux]  # auxiliary subject: another person of the batch

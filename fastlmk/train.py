@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from fastlmk import checkpoint as ckpt_io
 from fastlmk.config import TrainConfig, parse_args, validate
-from fastlmk.losses import FALLBACK, ReconstructionLoss
+from fastlmk.losses import FALLBACK, ReconstructionLoss, equivariance_loss, separation_loss
 from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
 
 
@@ -48,8 +48,10 @@ def _eval_sets(cfg: TrainConfig, build_dataset):
     if name == "folder":
         return None
     kw = {"size": cfg.image_size}
+    if name == "synth":
+        kw["pose"] = cfg.synth_pose
     train = build_dataset(name, cfg.data_root or None, split="train", **kw)
-    test = build_dataset(name, cfg.data_root or None, split="test", **kw)
+    test = build_dataset(name, cfg.data_root or None, split=cfg.eval_split, **kw)
     if cfg.eval_train_size and len(train) > cfg.eval_train_size:
         train = Subset(train, range(cfg.eval_train_size))
     if cfg.eval_test_size and len(test) > cfg.eval_test_size:
@@ -146,7 +148,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # ---- data: images from the data set, pairs made on the training device ----
     from fastlmk.data import TPSPairs, build_dataset  # noqa: PLC0415 (the data package is heavy to import)
 
-    extra = {"length": cfg.train_length} if cfg.dataset == "synth" and cfg.train_length else {}
+    extra = {"pose": cfg.synth_pose} if cfg.dataset == "synth" else {}
+    if cfg.dataset == "synth" and cfg.train_length:
+        extra["length"] = cfg.train_length
     dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", size=cfg.image_size, **extra)
     if len(dataset) < cfg.batch_size * world:
         raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
@@ -159,7 +163,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     detector = ckpt_io.build_detector(cfg.to_dict())
     generator = Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res)
-    model = LandmarkAutoencoder(detector, generator, cfg.method).to(device)
+    model = LandmarkAutoencoder(detector, generator, cfg.method, points_of_x=cfg.equivariance_weight > 0).to(device)
     criterion = ReconstructionLoss(cfg.perceptual, cfg.vgg_weights or None, cfg.perceptual_weight).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
@@ -210,7 +214,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         log_path = os.path.join(run_dir, "log.csv")
-        log_fields = ["step", "loss", "mse", "perceptual", "lr", "images_per_s", "elapsed_s"]
+        log_fields = ["step", "loss", "mse", "perceptual", "equivariance", "separation", "lr", "images_per_s", "elapsed_s"]
         if state is None or not os.path.exists(log_path):
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerow(log_fields)
@@ -252,7 +256,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             return
         k = min(8, images["x"].shape[0])
         f = lambda t: t[:k].detach().float().cpu()  # noqa: E731
-        if cfg.method == "intra":
+        if core.method == "intra":
             rows = [("x", images["x"], None), ("x'", images["x_prime"], out["mu_prime"]),
                     ("x^' = P(x, G(mu'))", out["x_hat_prime"], out["mu_prime"])]
         else:
@@ -267,7 +271,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # ---- the loop ----
     model.train()
     history, t_start, stopped = [], time.time(), ""
-    window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "n": 0, "t": time.time(), "images": 0}
+    window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "equivariance": 0.0, "separation": 0.0, "n": 0, "t": time.time(), "images": 0}
     start_step, t_first = step, time.time()
     bar = None
     if master and progress:
@@ -283,12 +287,20 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             # 1. intra-subject pair: two random TPS warps of each image, with border masks
             pairs = make_pairs(images, generator=gen_pairs)
             # 2. auxiliary subject: a derangement of the batch, drawn per step
-            aux = derangement(images.shape[0], gen_aux).to(device) if cfg.method == "inter-intra" else None
+            core.method = "intra" if step < cfg.intra_warmup else cfg.method  # optional intra warm-up [ours]
+            aux = derangement(images.shape[0], gen_aux).to(device) if core.method == "inter-intra" else None
             # 3-4. detector and generator passes (fastlmk.model.LandmarkAutoencoder)
             with autocast:
                 out = forward(pairs.x, pairs.x_prime, aux)
             # 5. loss: masked MSE + perceptual on each reconstruction, in float32
             losses = criterion(out["targets"], {"x": pairs.mask, "x_prime": pairs.mask_prime})
+            losses["equivariance"] = losses["separation"] = torch.zeros((), device=device)
+            if cfg.equivariance_weight > 0:  # optional direct signal for the detector [ours]
+                losses["equivariance"] = equivariance_loss(out["mu"], out["mu_prime"], pairs.tps, pairs.tps_prime)
+                losses["loss"] = losses["loss"] + cfg.equivariance_weight * losses["equivariance"]
+            if cfg.separation_weight > 0:  # keeps the points of an image apart [ours]
+                losses["separation"] = sum(separation_loss(out[k], cfg.separation_std) for k in ("mu", "mu_prime") if k in out)
+                losses["loss"] = losses["loss"] + cfg.separation_weight * losses["separation"]
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip > 0:  # detector and generator clipped separately
@@ -299,10 +311,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             step += 1
 
             # ---- bookkeeping (note: .tolist() is a CPU-GPU sync point, once per step) ----
-            values = torch.stack([losses[k].detach().float() for k in ("loss", "mse", "perceptual")]).tolist()
+            values = torch.stack([losses[k].detach().float() for k in ("loss", "mse", "perceptual", "equivariance", "separation")]).tolist()
             if not math.isfinite(values[0]):
                 raise FloatingPointError(f"loss is {values[0]} at step {step}; lower --lr or check the data")
-            for k, v in zip(("loss", "mse", "perceptual"), values):
+            for k, v in zip(("loss", "mse", "perceptual", "equivariance", "separation"), values):
                 window[k] += v
             window["n"] += 1
             window["images"] += images.shape[0] * world
@@ -328,7 +340,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = time.time() - window["t"]
                 row = {"step": step, "loss": window["loss"] / window["n"], "mse": window["mse"] / window["n"],
-                       "perceptual": window["perceptual"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                       "perceptual": window["perceptual"] / window["n"], "equivariance": window["equivariance"] / window["n"],
+                       "separation": window["separation"] / window["n"],
+                       "lr": scheduler.get_last_lr()[0],
                        "images_per_s": window["images"] / max(dt, 1e-9), "elapsed_s": time.time() - t_start}
                 history.append(row)
                 if master:
@@ -339,7 +353,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                             tb.add_scalar(f"train/{k}", row[k], step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
-                window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "n": 0, "t": time.time(), "images": 0}
+                window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "equivariance": 0.0, "separation": 0.0, "n": 0, "t": time.time(),
+                          "images": 0}
             if bar is not None:
                 bar.update(1)
             if master and cfg.sample_every and step % cfg.sample_every == 0:

@@ -46,7 +46,10 @@ __all__ = ["SynthFaces", "sample_params", "render_faces", "tune_malloc", "MAFL_N
 MAFL_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 EXTRA_NAMES = ("left_brow", "right_brow", "chin")
 
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "val", "test")
+# pose regimes (the view's similarity transform and yaw): "wild" like AFLW, "aligned" like MAFL /
+# aligned CelebA (eyes near fixed positions, little in-plane rotation, the face fills more of the image)
+POSES = ("wild", "aligned")
 _N_ID = 64  # uniforms drawn per subject
 _N_VIEW = 192  # uniforms drawn per view
 _N_BG_SHAPES = 7
@@ -121,13 +124,16 @@ def _pick(pal: torch.Tensor, u: torch.Tensor, jitter: torch.Tensor) -> torch.Ten
     return (pal[idx] + (jitter - 0.5) * 0.08).clamp(0, 1)
 
 
-def sample_params(seed: int, split: str, subjects, views) -> dict:
+def sample_params(seed: int, split: str, subjects, views, pose: str = "wild") -> dict:
     """Identity and view parameters of a batch, as a dict of float32 tensors with batch dim B.
 
     Args:
         seed: data set seed.
-        split: "train" or "test" (mixed into the hashes).
+        split: "train", "val" or "test" (mixed into the hashes).
         subjects, views: int sequences of length B (global subject id, view number).
+        pose: "wild" (rotation up to 30 deg, scale 0.95-1.2, shift up to 0.1, yaw up to 30 deg)
+            or "aligned" (MAFL-like: rotation up to 5 deg, scale 1.15-1.3, shift up to 0.03,
+            yaw up to 20 deg). The same uniforms are used, so a subject keeps its identity.
     """
     subjects, views = list(subjects), list(views)
     B = len(subjects)
@@ -197,11 +203,20 @@ def sample_params(seed: int, split: str, subjects, views) -> dict:
     j = iter(range(_N_VIEW))
     v = lambda: u_v[:, next(j)]  # noqa: E731
     tri = lambda: v() + v() - 1.0  # noqa: E731  triangular in [-1, 1]
-    p["rot"] = tri() * math.radians(30)
-    p["scale"] = _lerp(0.95, 1.2, v())
-    p["tx"] = _lerp(-0.10, 0.10, v())
-    p["ty"] = _lerp(-0.10, 0.08, v())
-    p["yaw"] = tri() * math.radians(30)
+    if pose not in POSES:
+        raise ValueError(f"SynthFaces: pose must be one of {POSES}, got {pose!r}")
+    if pose == "wild":
+        p["rot"] = tri() * math.radians(30)
+        p["scale"] = _lerp(0.95, 1.2, v())
+        p["tx"] = _lerp(-0.10, 0.10, v())
+        p["ty"] = _lerp(-0.10, 0.08, v())
+        p["yaw"] = tri() * math.radians(30)
+    else:  # aligned
+        p["rot"] = tri() * math.radians(5)
+        p["scale"] = _lerp(1.15, 1.3, v())
+        p["tx"] = _lerp(-0.03, 0.03, v())
+        p["ty"] = _lerp(-0.05, 0.01, v())
+        p["yaw"] = tri() * math.radians(20)
     u_blink = v()
     p["eye_open"] = torch.where(u_blink < 0.12, _lerp(0.0, 0.35, u_blink / 0.12), _lerp(0.75, 1.05, v()))
     p["smile"] = _lerp(-0.008, 0.035, v())
@@ -313,13 +328,14 @@ def render_faces(p: dict, size: int = 128, clutter: bool = True, return_aux: boo
     Returns:
         images (B, 3, S, S) float32 in [0, 1]; landmarks (B, 5, 2); extras (B, 3, 2); and, with
         ``return_aux``, a dict with the lighting field ``light`` (B, 1, S, S) that multiplies
-        every colour.
+        every colour and ``head`` (B, 1, S, S), the coverage of the head (skin of the face; 0 on
+        background, hair, neck and ears): tells where discovered points sit.
     """
     B, S = p["head_a"].shape[0], int(size)
     pts, extra = landmarks_from_params(p)
     if B == 0:
         img = torch.zeros(0, 3, S, S)
-        return (img, pts, extra, {"light": img[:, :1]}) if return_aux else (img, pts, extra)
+        return (img, pts, extra, {"light": img[:, :1], "head": img[:, :1]}) if return_aux else (img, pts, extra)
     c = lambda k: p[k].reshape(B, 1, 1)  # noqa: E731
     g = torch.linspace(-1.0, 1.0, S)
     X = g.view(1, 1, S).expand(B, S, S)
@@ -477,7 +493,7 @@ def render_faces(p: dict, size: int = 128, clutter: bool = True, return_aux: boo
     light = c("light_0") + c("light_x") * X + c("light_y") * Y
     img.mul_(light[:, None]).clamp_(0, 1)
     if return_aux:
-        return img, pts, extra, {"light": light[:, None]}
+        return img, pts, extra, {"light": light[:, None], "head": head_alpha[:, None]}
     return img, pts, extra
 
 
@@ -516,12 +532,14 @@ class SynthFaces(Dataset):
     """Procedural faces with exact MAFL-order landmarks; no files needed.
 
     Args:
-        split: ``"train"`` or ``"test"`` (disjoint subjects).
+        split: ``"train"``, ``"val"`` (for tuning) or ``"test"`` (disjoint subjects).
         size: image side S (default 128).
         length: number of images (default 20,000 for train, 2,000 for test).
         seed: data set seed; (seed, split, index) fixes the image.
         views_per_subject: consecutive indices ``i`` share the subject ``i // views_per_subject``.
         clutter: draw random shapes in the background (True) or only a gradient and noise.
+        pose: ``"wild"`` (AFLW-like: rotation up to 30 deg, scale, shift, yaw up to 30 deg) or
+            ``"aligned"`` (MAFL-like: near-fixed eyes, the face fills more of the image).
 
     Items are dicts ``{"image": (3, S, S) float32 in [0, 1], "landmarks": (5, 2) (x, y) in
     [-1, 1], "landmarks_extra": (3, 2) (left brow, right brow, chin), "subject": int64,
@@ -536,7 +554,7 @@ class SynthFaces(Dataset):
     """
 
     def __init__(self, split: str = "train", size: int = 128, length: int | None = None, seed: int = 0,
-                 views_per_subject: int = 4, clutter: bool = True):
+                 views_per_subject: int = 4, clutter: bool = True, pose: str = "wild"):
         if split not in _SPLITS:
             raise ValueError(f"SynthFaces: split must be one of {_SPLITS}, got {split!r}")
         if int(size) < 16:
@@ -548,13 +566,17 @@ class SynthFaces(Dataset):
         if int(views_per_subject) < 1:
             raise ValueError(f"SynthFaces: views_per_subject must be >= 1, got {views_per_subject}")
         self.split, self.size, self.length, self.seed = split, int(size), int(length), int(seed)
-        self.views_per_subject, self.clutter = int(views_per_subject), bool(clutter)
+        if pose not in POSES:
+            raise ValueError(f"SynthFaces: pose must be one of {POSES}, got {pose!r}")
+        self.views_per_subject, self.clutter, self.pose = int(views_per_subject), bool(clutter), pose
 
     def __len__(self) -> int:
         return self.length
 
     def subject_of(self, index: int) -> int:
-        """Global subject id of an index: even ids in "train", odd ids in "test"."""
+        """Global subject id of an index: even ids in "train", odd ids in "test", negative in "val"."""
+        if self.split == "val":  # negative ids: disjoint from both
+            return -1 - index // self.views_per_subject
         return 2 * (index // self.views_per_subject) + (self.split == "test")
 
     def _check(self, indices) -> list[int]:
@@ -571,7 +593,7 @@ class SynthFaces(Dataset):
     def params(self, indices) -> dict:
         idx = self._check(indices)
         return sample_params(self.seed, self.split, [self.subject_of(i) for i in idx],
-                             [i % self.views_per_subject for i in idx])
+                             [i % self.views_per_subject for i in idx], self.pose)
 
     def render(self, indices, return_params: bool = False) -> dict:
         """Render a batch: dict of batched tensors (image (B,3,S,S), landmarks (B,5,2), ...)."""
@@ -590,7 +612,7 @@ class SynthFaces(Dataset):
         }
         if return_params:
             out["params"] = p
-            out["light"] = aux["light"]
+            out["light"], out["head"] = aux["light"], aux["head"]
         return out
 
     def __getitems__(self, indices) -> list[dict]:

@@ -1,0 +1,157 @@
+"""The options that make landmarks learnable on a small budget (issue: landmarks really
+discovered): SynthFaces pose regimes and the val split, the equivariance term, the intra
+warm-up, and the supervised bound's own settings."""
+
+import json
+
+import pytest
+import torch
+
+import fastlmk
+from fastlmk.config import TrainConfig, validate
+from fastlmk.data import SynthFaces, TPSPairs
+from fastlmk.evaluate import mean_shape_baseline, supervised_config_from
+from fastlmk.losses import equivariance_loss, separation_loss
+from fastlmk.model import Detector
+
+torch.set_num_threads(1)
+
+from fastlmk.train import train  # noqa: E402
+
+
+# ------------------------------------------------------------------------------- SynthFaces
+def test_pose_regimes_keep_identity_and_differ_in_pose():
+    wild = SynthFaces("train", size=32, length=64, pose="wild").params(range(64))
+    aligned = SynthFaces("train", size=32, length=64, pose="aligned").params(range(64))
+    for k in ("head_a", "eye_x", "skin", "mouth_w"):  # identity: the same uniforms
+        torch.testing.assert_close(wild[k], aligned[k])
+    assert aligned["rot"].abs().max() <= torch.deg2rad(torch.tensor(5.0)) + 1e-6
+    assert wild["rot"].abs().max() > torch.deg2rad(torch.tensor(5.0))
+    assert aligned["scale"].min() >= 1.15 - 1e-6 and aligned["tx"].abs().max() <= 0.03 + 1e-6
+
+
+def test_aligned_regime_has_a_smaller_mean_shape_error():
+    def gt(pose, split):
+        return SynthFaces(split, size=32, length=400, pose=pose).render(range(400))["landmarks"]
+
+    wild = mean_shape_baseline(gt("wild", "train"), gt("wild", "test"))
+    aligned = mean_shape_baseline(gt("aligned", "train"), gt("aligned", "test"))
+    assert aligned < 0.6 * wild
+
+
+def test_val_split_is_disjoint_and_deterministic():
+    val = SynthFaces("val", size=32, length=8)
+    test = SynthFaces("test", size=32, length=8)
+    train = SynthFaces("train", size=32, length=8)
+    ids = [set(d.subject_of(i) for i in range(8)) for d in (val, test, train)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2])
+    a, b = val.render([0, 5])["image"], SynthFaces("val", size=32, length=8).render([0, 5])["image"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, test.render([0, 5])["image"])
+
+
+def test_bad_pose_is_a_clear_error():
+    with pytest.raises(ValueError, match="pose"):
+        SynthFaces("train", pose="frontal")
+    with pytest.raises(ValueError, match="synth_pose"):
+        validate(TrainConfig(synth_pose="frontal"))
+    with pytest.raises(ValueError, match="eval_split"):
+        validate(TrainConfig(eval_split="train"))
+    with pytest.raises(ValueError, match="equivariance_weight"):
+        validate(TrainConfig(equivariance_weight=-1.0))
+
+
+def test_head_mask_marks_the_face():
+    b = SynthFaces("test", size=64, length=8).render(range(8), return_params=True)
+    head = b["head"][:, 0]
+    S = 64
+    # the annotated nose is on the face, the image corner is not
+    ij = ((b["landmarks"][:, 2] + 1) * (S - 1) / 2).round().long()
+    assert (head[torch.arange(8), ij[:, 1], ij[:, 0]] > 0.5).all()
+    assert (head[:, 0, 0] < 0.5).all()
+
+
+# ------------------------------------------------------------------------------- equivariance
+def test_equivariance_loss_matches_the_reference_and_vanishes_for_an_equivariant_detector():
+    g = torch.Generator().manual_seed(0)
+    t1, t2 = TPSPairs().sample(3, generator=g)
+    mu = torch.rand(3, 5, 2, generator=g) * 1.2 - 0.6
+    mu2 = torch.rand(3, 5, 2, generator=g) * 1.2 - 0.6
+    got = equivariance_loss(mu, mu2, t1, t2)
+    want = (fastlmk.tps_transform_points(mu, t1, backend="reference")
+            - fastlmk.tps_transform_points(mu2, t2, backend="reference")).square().sum(-1).mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # identical splines and points: zero
+    assert float(equivariance_loss(mu, mu, t1, t1)) == 0.0
+    # a gradient reaches the points
+    mu.requires_grad_(True)
+    equivariance_loss(mu, mu2, t1, t2).backward()
+    assert mu.grad is not None and mu.grad.abs().sum() > 0
+
+
+def test_separation_loss():
+    mu = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [0.9, 0.9]]])
+    d2 = torch.tensor([[0, 0.01, 1.62], [0.01, 0, 0.64 + 0.81], [1.62, 1.45, 0]])
+    want = torch.exp(-d2 / (2 * 0.1 ** 2))[~torch.eye(3, dtype=torch.bool)].mean()
+    torch.testing.assert_close(separation_loss(mu, 0.1), want)
+    assert float(separation_loss(mu[:, :1], 0.1)) == 0.0  # one point: nothing to separate
+    assert float(separation_loss(torch.zeros(2, 4, 2), 0.1)) == pytest.approx(1.0)  # collapsed: the maximum
+    far = torch.tensor([[[-1.0, -1.0], [1.0, 1.0]]])
+    assert float(separation_loss(far, 0.1)) < 1e-30
+
+
+def tiny(tmp_path, name, **kw):
+    base = dict(image_size=32, batch_size=4, steps=4, detector_width=8, generator_width=8, generator_res=1,
+                num_landmarks=4, log_every=1, sample_every=0, ckpt_every=0, keep_last=2, out_dir=str(tmp_path),
+                run_name=name, eval=False, train_length=32, backend="reference")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["intra", "inter-intra"])
+def test_equivariance_term_is_logged_and_trains(tmp_path, method):
+    r = train(tiny(tmp_path, method, method=method, equivariance_weight=1.0), progress=False)
+    eq = [h["equivariance"] for h in r["history"]]
+    assert all(e > 0 for e in eq)
+    assert all(abs(h["loss"] - h["mse"] - h["perceptual"] - e) < 1e-5 for h, e in zip(r["history"], eq))
+    assert all(h["separation"] == 0 for h in r["history"])
+    header = (tmp_path / method / "log.csv").read_text().splitlines()[0]
+    assert "equivariance" in header
+
+
+def test_separation_term_is_added(tmp_path):
+    r = train(tiny(tmp_path, "sep", method="intra", equivariance_weight=1.0, separation_weight=2.0), progress=False)
+    for h in r["history"]:
+        assert h["separation"] > 0
+        assert abs(h["loss"] - h["mse"] - h["perceptual"] - h["equivariance"] - 2.0 * h["separation"]) < 1e-5
+
+
+def test_paper_objective_has_no_equivariance_term(tmp_path):
+    r = train(tiny(tmp_path, "paper"), progress=False)
+    assert all(h["equivariance"] == 0 for h in r["history"])
+    assert not r["model"].points_of_x
+
+
+def test_intra_warmup_switches_to_the_method(tmp_path):
+    """With intra_warmup=2 the first two steps are exactly an intra run's, then inter-intra."""
+    warm = train(tiny(tmp_path, "warm", intra_warmup=2), progress=False)
+    intra = train(tiny(tmp_path, "intra", method="intra", steps=2), progress=False)
+    assert [h["loss"] for h in warm["history"][:2]] == [h["loss"] for h in intra["history"]]
+    assert warm["model"].method == "inter-intra"
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["intra_warmup"] == 2
+
+
+def test_eval_split_val(tmp_path):
+    r = train(tiny(tmp_path, "val", steps=2, eval=True, eval_split="val", eval_train_size=16, eval_test_size=8),
+              progress=False)
+    assert r["eval"]["num_test"] == 8
+
+
+# ------------------------------------------------------------------------------- supervised bound
+def test_supervised_bound_uses_the_papers_temperature():
+    det = Detector(10, "conv", 8, 32, temperature=1.0, std=1.0, backend="reference")
+    cfg = {"detector_arch": "conv", "detector_width": 8, "temperature": 1.0, "gaussian_std": 1.0,
+           "backend": "reference", "soft_argmax": "spatial"}
+    assert supervised_config_from(det, cfg)["temperature"] == 0.1
+    assert supervised_config_from(det, cfg, temperature=None)["temperature"] == 1.0
+    assert supervised_config_from(det, cfg)["width"] == 8
