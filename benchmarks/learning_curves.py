@@ -188,7 +188,7 @@ def main(argv=None):
         lines.append(f"| {m} | {', '.join(str(r['seed']) for r in s['runs'])} | {', '.join(f'{v:.2f}' for v in f.tolist())} | "
                      f"{float(f.mean()):.2f} | {float(f.std()) if len(f) > 1 else float('nan'):.2f} | "
                      f"{', '.join(str(r['rows'][-1]['step']) for r in s['runs'])} | "
-                     f"{', '.join(f'{r['rows'][-1].get('on_face', float('nan')):.0%}' for r in s['runs'])} |")
+                     f"{', '.join(format(r['rows'][-1].get('on_face', float('nan')), '.0%') for r in s['runs'])} |")
     if len(summary) == 2:
         (m1, s1), (m2, s2) = summary.items()
         d = s1["finals"].mean() - s2["finals"].mean()

@@ -22,6 +22,7 @@ class TrainConfig:
     data_root: str = ""  # dataset directory (not needed for synth)
     image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
     train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
+    pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) [ours]
     synth_pose: str = "wild"  # synth only: wild (AFLW-like poses) | aligned (MAFL-like: near-fixed eyes, larger faces)
     # --- model (method.md section 3) ---
     method: str = "inter-intra"  # inter-intra (the seed paper) | intra (IMM/SAIC baseline)
@@ -178,6 +179,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
     need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
     need(cfg.synth_pose in ("wild", "aligned"), f"synth_pose must be wild or aligned, got {cfg.synth_pose!r}")
+    need(cfg.pairs in ("warps", "views"), f"pairs must be warps or views, got {cfg.pairs!r}")
+    need(cfg.pairs == "warps" or cfg.dataset == "synth", f"pairs='views' needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
+    need(cfg.pairs == "warps" or cfg.equivariance_weight == 0,
+         "equivariance_weight needs pairs='warps' (two views of a subject are not related by the known splines)")
     need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")
     need(cfg.equivariance_weight >= 0, f"equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
     need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")

@@ -148,10 +148,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # ---- data: images from the data set, pairs made on the training device ----
     from fastlmk.data import TPSPairs, build_dataset  # noqa: PLC0415 (the data package is heavy to import)
 
-    extra = {"pose": cfg.synth_pose} if cfg.dataset == "synth" else {}
+    extra = {"pose": cfg.synth_pose, "static_background": cfg.pairs == "views"} if cfg.dataset == "synth" else {}
     if cfg.dataset == "synth" and cfg.train_length:
         extra["length"] = cfg.train_length
     dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", size=cfg.image_size, **extra)
+    if cfg.pairs == "views":  # x and x' from two views of one subject [ours]
+        from fastlmk.data import ViewPairs
+
+        dataset = ViewPairs(dataset)
     if len(dataset) < cfg.batch_size * world:
         raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
                          f"({cfg.batch_size} x {world} processes)")
@@ -285,7 +289,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             batch = next(data_iter)
             images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
             # 1. intra-subject pair: two random TPS warps of each image, with border masks
-            pairs = make_pairs(images, generator=gen_pairs)
+            second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
+            pairs = make_pairs(images, generator=gen_pairs, second=second)
             # 2. auxiliary subject: a derangement of the batch, drawn per step
             core.method = "intra" if step < cfg.intra_warmup else cfg.method  # optional intra warm-up [ours]
             aux = derangement(images.shape[0], gen_aux).to(device) if core.method == "inter-intra" else None

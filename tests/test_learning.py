@@ -9,7 +9,7 @@ import torch
 
 import fastlmk
 from fastlmk.config import TrainConfig, validate
-from fastlmk.data import SynthFaces, TPSPairs
+from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
 from fastlmk.evaluate import mean_shape_baseline, supervised_config_from
 from fastlmk.losses import equivariance_loss, separation_loss
 from fastlmk.model import Detector
@@ -59,6 +59,34 @@ def test_bad_pose_is_a_clear_error():
         validate(TrainConfig(eval_split="train"))
     with pytest.raises(ValueError, match="equivariance_weight"):
         validate(TrainConfig(equivariance_weight=-1.0))
+
+
+def test_view_pairs_are_two_views_of_one_subject_on_one_background():
+    faces = SynthFaces("train", size=32, length=10, views_per_subject=4, static_background=True)
+    pairs = ViewPairs(faces)
+    for i in range(10):
+        j = pairs.partner(i)
+        assert j != i and faces.subject_of(j) == faces.subject_of(i) and 0 <= j < 10
+    items = pairs.__getitems__([0, 5])
+    p = faces.params([0, pairs.partner(0)])
+    for k in ("bg_a", "bg_shapes", "bg_noise", "head_a"):  # background and identity shared
+        torch.testing.assert_close(p[k][0], p[k][1])
+    assert not torch.equal(p["rot"][0], p["rot"][1])  # pose differs
+    assert items[0]["image2"].shape == (3, 32, 32) and not torch.equal(items[0]["image"], items[0]["image2"])
+    # without static_background every view has its own background
+    q = SynthFaces("train", size=32, length=10).params([0, 1])
+    assert not torch.equal(q["bg_a"][0], q["bg_a"][1])
+    with pytest.raises(ValueError, match="views_per_subject"):
+        ViewPairs(SynthFaces("train", size=32, length=4, views_per_subject=1))
+
+
+def test_views_pairs_train_and_reject_equivariance(tmp_path):
+    r = train(tiny(tmp_path, "views", method="intra", pairs="views", train_length=16), progress=False)
+    assert r["step"] == 4
+    with pytest.raises(ValueError, match="pairs='warps'"):
+        validate(TrainConfig(pairs="views", equivariance_weight=1.0))
+    with pytest.raises(ValueError, match="synth"):
+        validate(TrainConfig(pairs="views", dataset="folder"))
 
 
 def test_head_mask_marks_the_face():

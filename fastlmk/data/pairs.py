@@ -90,7 +90,10 @@ class TPSPairs:
         out = fastlmk.tps_warp(torch.cat([images, m], 1), tps, padding="zeros", backend=self.backend)
         return out[:, :C], out[:, C:].clamp(0, 1)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Pairs:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 second: torch.Tensor | None = None) -> Pairs:
+        """``second``: other images to make ``x'`` from (e.g. another view of the same subject,
+        :class:`fastlmk.data.synth.ViewPairs`); default ``images`` (IMM's pairs)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"TPSPairs: images must be a (B, C, H, W) tensor, got "
                              f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -98,5 +101,8 @@ class TPSPairs:
             raise TypeError(f"TPSPairs: images must be floating point, got {images.dtype}")
         t1, t2 = self.sample(images.shape[0], images.device, images.dtype, generator)
         x, m1 = self.warp(images, t1)
-        x2, m2 = self.warp(images, t2)
+        if second is not None and second.shape != images.shape:
+            raise ValueError(f"TPSPairs: second images must have the shape of images {tuple(images.shape)}, "
+                             f"got {tuple(second.shape)}")
+        x2, m2 = self.warp(images if second is None else second, t2)
         return Pairs(x, x2, t1, t2, m1, m2)

@@ -124,7 +124,7 @@ def _pick(pal: torch.Tensor, u: torch.Tensor, jitter: torch.Tensor) -> torch.Ten
     return (pal[idx] + (jitter - 0.5) * 0.08).clamp(0, 1)
 
 
-def sample_params(seed: int, split: str, subjects, views, pose: str = "wild") -> dict:
+def sample_params(seed: int, split: str, subjects, views, pose: str = "wild", static_background: bool = False) -> dict:
     """Identity and view parameters of a batch, as a dict of float32 tensors with batch dim B.
 
     Args:
@@ -134,6 +134,8 @@ def sample_params(seed: int, split: str, subjects, views, pose: str = "wild") ->
         pose: "wild" (rotation up to 30 deg, scale 0.95-1.2, shift up to 0.1, yaw up to 30 deg)
             or "aligned" (MAFL-like: rotation up to 5 deg, scale 1.15-1.3, shift up to 0.03,
             yaw up to 20 deg). The same uniforms are used, so a subject keeps its identity.
+        static_background: every view of a subject has the background of its view 0 (like the
+            frames of a video); otherwise each view draws its own.
     """
     subjects, views = list(subjects), list(views)
     B = len(subjects)
@@ -201,7 +203,7 @@ def sample_params(seed: int, split: str, subjects, views, pose: str = "wild") ->
     p["shirt"] = u_id[:, 57:60] * 0.8 + 0.1
 
     j = iter(range(_N_VIEW))
-    v = lambda: u_v[:, next(j)]  # noqa: E731
+    v = lambda: u_v[:, next(j)]  # noqa: E731  (u_v is looked up at call time: see static_background)
     tri = lambda: v() + v() - 1.0  # noqa: E731  triangular in [-1, 1]
     if pose not in POSES:
         raise ValueError(f"SynthFaces: pose must be one of {POSES}, got {pose!r}")
@@ -227,6 +229,8 @@ def sample_params(seed: int, split: str, subjects, views, pose: str = "wild") ->
     p["light_y"] = _lerp(-0.2, 0.15, v())
     p["light_0"] = _lerp(0.9, 1.08, v())
     # background: two-colour gradient + shapes + low-frequency colour noise
+    if static_background and B:
+        u_v = torch.stack([_uniforms(_N_VIEW, seed, split, "view", s, 0) for s in subjects])
     p["bg_a"] = torch.stack([v(), v(), v()], 1)
     p["bg_b"] = torch.stack([v(), v(), v()], 1)
     p["bg_dir"] = v() * 2 * math.pi
@@ -540,6 +544,7 @@ class SynthFaces(Dataset):
         clutter: draw random shapes in the background (True) or only a gradient and noise.
         pose: ``"wild"`` (AFLW-like: rotation up to 30 deg, scale, shift, yaw up to 30 deg) or
             ``"aligned"`` (MAFL-like: near-fixed eyes, the face fills more of the image).
+        static_background: all views of a subject share one background (video-like frames).
 
     Items are dicts ``{"image": (3, S, S) float32 in [0, 1], "landmarks": (5, 2) (x, y) in
     [-1, 1], "landmarks_extra": (3, 2) (left brow, right brow, chin), "subject": int64,
@@ -554,7 +559,7 @@ class SynthFaces(Dataset):
     """
 
     def __init__(self, split: str = "train", size: int = 128, length: int | None = None, seed: int = 0,
-                 views_per_subject: int = 4, clutter: bool = True, pose: str = "wild"):
+                 views_per_subject: int = 4, clutter: bool = True, pose: str = "wild", static_background: bool = False):
         if split not in _SPLITS:
             raise ValueError(f"SynthFaces: split must be one of {_SPLITS}, got {split!r}")
         if int(size) < 16:
@@ -569,6 +574,7 @@ class SynthFaces(Dataset):
         if pose not in POSES:
             raise ValueError(f"SynthFaces: pose must be one of {POSES}, got {pose!r}")
         self.views_per_subject, self.clutter, self.pose = int(views_per_subject), bool(clutter), pose
+        self.static_background = bool(static_background)
 
     def __len__(self) -> int:
         return self.length
@@ -593,7 +599,7 @@ class SynthFaces(Dataset):
     def params(self, indices) -> dict:
         idx = self._check(indices)
         return sample_params(self.seed, self.split, [self.subject_of(i) for i in idx],
-                             [i % self.views_per_subject for i in idx], self.pose)
+                             [i % self.views_per_subject for i in idx], self.pose, self.static_background)
 
     def render(self, indices, return_params: bool = False) -> dict:
         """Render a batch: dict of batched tensors (image (B,3,S,S), landmarks (B,5,2), ...)."""
@@ -619,6 +625,45 @@ class SynthFaces(Dataset):
         b = self.render(indices)
         return [{"image": b["image"][k], "landmarks": b["landmarks"][k], "landmarks_extra": b["landmarks_extra"][k],
                  "subject": b["subject"][k], "index": int(b["index"][k])} for k in range(len(b["index"]))]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+
+class ViewPairs(Dataset):
+    """Two views of the same subject per item (like two frames of a video), for intra-subject
+    pairs that differ in pose and expression, not only by a random warp [ours].
+
+    Item ``i`` is view ``i`` of ``faces`` under ``"image"`` / ``"landmarks"`` and another view of
+    the same subject (fixed per ``i``) under ``"image2"`` / ``"landmarks2"``. Use a SynthFaces
+    with ``static_background=True`` so that the background does not change between the views.
+    """
+
+    def __init__(self, faces: SynthFaces):
+        if not isinstance(faces, SynthFaces):
+            raise TypeError(f"ViewPairs: needs a SynthFaces data set, got {type(faces).__name__}")
+        if faces.views_per_subject < 2:
+            raise ValueError("ViewPairs: the data set needs views_per_subject >= 2")
+        self.faces = faces
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def partner(self, index: int) -> int:
+        V, n = self.faces.views_per_subject, len(self.faces)
+        first = index - index % V
+        views = min(V, n - first)  # the last subject may have fewer views
+        if views < 2:
+            return index
+        offset = 1 + _hash("partner", self.faces.seed, index) % (views - 1)
+        return first + (index % V + offset) % views
+
+    def __getitems__(self, indices) -> list[dict]:
+        idx = self.faces._check(indices)
+        a = self.faces.render(idx)
+        b = self.faces.render([self.partner(i) for i in idx])
+        return [{"image": a["image"][k], "landmarks": a["landmarks"][k], "image2": b["image"][k],
+                 "landmarks2": b["landmarks"][k], "index": idx[k]} for k in range(len(idx))]
 
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
