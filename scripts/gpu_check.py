@@ -13,13 +13,14 @@ runs out of time is recorded and the next one starts:
 2. ``build``: ``pip install --no-build-isolation --no-deps --no-index .`` (the CUDA module for the
    GPU's own architecture), then an import check and one call of every op on every backend
    against the reference.
-3. ``tests``: ``pytest tests -k "cuda or gpu"``, then ``-k "triton and not cuda"``, each with a
-   time budget (the session stops after the test that ends past it and says how many did not run).
+3. ``tests``: ``pytest tests -k "cuda or images_device"`` (the GPU cases), then
+   ``-k "triton and not cuda"``, each with a time budget (the session stops after the test that
+   ends past it and says how many did not run).
 4. ``bench``: the pytest-benchmark suite of ``benchmarks/`` on the GPU at the paper and large
    shapes (fastlmk-cuda, fastlmk-triton, reference eager, kornia when installed; forward and
-   forward+backward; achieved bandwidth vs the measured copy bandwidth), then the
-   reference under ``torch.compile`` in a second session; tables by ``benchmarks/report.py`` and
-   a suggested ``AUTO_CUDA`` table.
+   forward+backward; achieved bandwidth vs the measured copy bandwidth; every op at the paper
+   shape first, then the large one), then the reference under ``torch.compile``; tables by
+   ``benchmarks/report.py`` and a suggested ``AUTO_CUDA`` table.
 5. ``train``: one training step of ``--preset gpu`` (``benchmarks/train_step.make_step``) timed
    for fused ops vs ``backend="reference"``, eager vs ``torch.compile``, bf16 autocast (plus
    fused in float32, and fused with the batch rendered on the GPU every step).
@@ -44,6 +45,7 @@ figures are CPU figures of toy sizes: never read them as GPU results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -248,6 +250,10 @@ def worker_train_variant(a: dict, out: str) -> None:
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cfg.perceptual == "auto":  # what make_step and fastlmk.train resolve it to
+        from fastlmk.losses import FALLBACK
+
+        cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
     res = {"variant": a["name"], "backend": a["backend"], "compile": a["compile"], "amp": a["amp"] and dev == "cuda",
            "render_on_device": a["render_on_device"], "device": dev,
            "config": {k: getattr(cfg, k) for k in ("preset", "image_size", "batch_size", "detector_arch", "detector_width",
@@ -575,7 +581,8 @@ class Check:
         h["git_dirty"] = None if status is None else bool(status)
         h["nvidia_smi"] = out(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap,clocks.sm,"
                                               "clocks.max.sm,clocks.mem,power.limit,temperature.gpu,persistence_mode,"
-                                              "compute_mode", "--format=csv"])
+                                              "compute_mode", "--format=csv"]) \
+            or out(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"])  # older nvidia-smi
         full = out(["nvidia-smi"])
         if full:
             (self.out / "logs" / "nvidia-smi.txt").write_text(full + "\n")
@@ -592,12 +599,11 @@ class Check:
     def part_build(self, part, deadline):
         how = self.args.build or ("none" if self.mode == "smoke" else "pip")
         part["how"] = how
-        env = {"MAX_JOBS": str(os.cpu_count() or 4)}
+        env = {"MAX_JOBS": os.environ.get("MAX_JOBS") or str(os.cpu_count() or 4)}
         cap = self.report["parts"].get("device", {}).get("data", {}).get("gpu", {}).get("capability")
         if self.device == "cuda" and cap and not os.environ.get("FASTLMK_CUDA_ARCHS"):
             env["FASTLMK_CUDA_ARCHS"] = cap.replace(".", "")  # this GPU's architecture only: half the nvcc time
-        if self.device == "cuda":
-            env["FASTLMK_CUDA"] = "1"
+        env["FASTLMK_CUDA"] = "1" if self.device == "cuda" else "0"  # a GPU run must build it; cpu-smoke never
         if self.args.wheels:
             wheels = sorted(str(p) for p in Path(self.args.wheels).glob("*.whl"))
             if wheels:
@@ -615,7 +621,11 @@ class Check:
                 cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v",
                        "-e", str(REPO)]
             rec = self.sh("build", how, cmd, deadline - time.time() - check_left, env)
-            if rec["rc"] != 0 and not rec["timed_out"] and deadline - time.time() > check_left + 20:
+            log = (self.out / rec["log"]).read_text(errors="replace")
+            compile_error = "FAILED:" in log or "build stopped" in log  # ninja: a compiler error, not packaging
+            if compile_error:
+                part["notes"].append(f"a compiler error: see the FAILED: lines of {rec['log']}")
+            if rec["rc"] != 0 and not rec["timed_out"] and not compile_error and deadline - time.time() > check_left + 20:
                 # an older setuptools rejects pyproject.toml's metadata: build the extensions in a
                 # copy without pyproject.toml (setup.py alone) and import fastlmk from that copy
                 part["notes"].append(f"`pip install` failed (log {rec['log']}); fell back to `setup.py build_ext "
@@ -650,8 +660,9 @@ class Check:
 
     def part_tests(self, part, deadline):
         if self.mode == "gpu":
-            sessions = [("cuda", [str(REPO / "tests"), "-m", "not slow", "-k", "cuda or gpu"], 0.45),
-                        ("triton", [str(REPO / "tests"), "-m", "not slow", "-k", "triton and not cuda"], 1.0)]
+            common = [str(REPO / "tests"), "-m", "not slow", "--ignore", str(REPO / "tests" / "test_gpu_check.py")]
+            sessions = [("cuda", common + ["-k", "cuda or images_device"], 0.45),
+                        ("triton", common + ["-k", "triton and not cuda"], 1.0)]
         else:  # a small selection that exercises the budget plugin, the tally and the triton interpreter
             sessions = [("cuda", [str(REPO / "tests/test_backends.py"), "-k", "cuda"], 0.45),
                         ("triton", [str(REPO / "tests/test_gaussian_heatmaps.py"), "-k", "triton"], 1.0)]
@@ -673,23 +684,26 @@ class Check:
     def part_bench(self, part, deadline):
         dev = self.device
         files = [str(REPO / "benchmarks" / f) for f in BENCH_FILES]
-        env = {"FASTLMK_BENCH_SHAPES": "paper,large" if self.mode == "gpu" else "tiny",
-               "FASTLMK_BENCH_BUDGET": "0.1" if self.mode == "gpu" else "0.01"}
-        # cpu-smoke: forward+backward and pair making only (every code path, half the cases)
-        sel = f"{dev} and not reference-compile" + ("" if self.mode == "gpu" else " and (backward or pair_making)")
-        sessions = [("main", sel, 0.7)]
-        if self.mode == "gpu" or self.args.smoke_compile:
-            sessions.append(("compile", f"{dev} and reference-compile", 1.0))
-        else:
-            part["notes"].append("reference-compile not run in cpu-smoke (inductor compile time; --smoke-compile runs it)")
+        budget_env = {"FASTLMK_BENCH_BUDGET": "0.1" if self.mode == "gpu" else "0.01"}  # timed seconds per benchmark
+        eager = f"{dev} and not reference-compile"
+        if self.mode == "gpu":  # every op at the paper shape first, so a budget cut loses large shapes, not ops
+            sessions = [("paper", "paper", eager, 0.35), ("large", "large", eager, 0.5),
+                        ("compile", "paper,large", f"{dev} and reference-compile", 1.0)]
+        else:  # cpu-smoke: forward+backward and pair making only (every code path, half the cases)
+            sessions = [("main", "tiny", eager + " and (backward or pair_making)", 0.7)]
+            if self.args.smoke_compile:
+                sessions.append(("compile", "tiny", f"{dev} and reference-compile and backward", 1.0))
+            else:
+                part["notes"].append("reference-compile not run in cpu-smoke (inductor compile time; --smoke-compile "
+                                     "runs it)")
         merged, part["sessions"] = None, {}
-        for label, sel, frac in sessions:
+        for label, shapes, sel, frac in sessions:
             js = self.out / "data" / f"bench-{label}.json"
             if js.exists():
                 js.unlink()
             budget = (deadline - time.time()) * frac
             rec, tally = self.pytest("bench", label, files + ["-k", sel, "--benchmark-only", f"--benchmark-json={js}"],
-                                     budget, env, import_append=True)
+                                     budget, {"FASTLMK_BENCH_SHAPES": shapes, **budget_env}, import_append=True)
             part["sessions"][label] = {"tally": tally, "rc": rec["rc"], "timed_out": rec["timed_out"], "log": rec["log"]}
             if rec["timed_out"]:
                 self._worse(part, "timeout", f"{label}: killed at its budget")

@@ -157,9 +157,12 @@ def test_summary_of_a_gpu_report(tmp_path):
 
 def test_budgets_leave_the_later_parts_their_minimum(tmp_path):
     gc = _module()
-    args = type("A", (), {"cpu_smoke": False, "out": str(tmp_path), "total_budget": 300.0, "pack": ""})()
+    for mode in ("gpu", "smoke"):  # the minimums fit in the default total
+        assert sum(m for _, m in gc.BUDGETS[mode].values()) < gc.TOTAL[mode]
+    args = type("A", (), {"cpu_smoke": False, "out": str(tmp_path), "total_budget": 0.0, "pack": ""})()
     check = gc.Check(args)
     later = list(gc.PARTS[2:])
     b = check.budget("build", later)
     assert b >= gc.BUDGETS["gpu"]["build"][1] - 1  # the build gets at least its minimum...
-    assert b <= 300 - sum(gc.BUDGETS["gpu"][p][1] for p in later) + 1  # ...and leaves the others theirs
+    assert b <= gc.TOTAL["gpu"] - sum(gc.BUDGETS["gpu"][p][1] for p in later) + 1  # ...and leaves the others theirs
+    assert check.budget("tests", later[1:]) <= 1.5 * gc.BUDGETS["gpu"]["tests"][0]
