@@ -558,7 +558,7 @@ class Check:
         h["python"] = sys.version.split()[0]
         h["python_exe"] = sys.executable
         h["cpu_count"] = os.cpu_count()
-        h["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        h["loadavg"] = [round(x, 1) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
         try:
             h["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
         except (OSError, StopIteration):
