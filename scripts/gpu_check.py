@@ -611,7 +611,7 @@ class Check:
                                                   *wheels], min(60, deadline - time.time()))
                 self._status_of(part, rec, "installing --wheels")
         if how == "none":
-            part["notes"].append("no build (--build none; the cpu-smoke default): the importable fastlmk is checked")
+            part["notes"].append("no build (--build none, the cpu-smoke default): the importable fastlmk is checked")
         else:
             check_left = 25 if self.mode == "gpu" else 8
             if how == "pip":
