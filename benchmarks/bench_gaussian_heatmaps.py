@@ -27,7 +27,7 @@ from fastlmk import reference
 from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module, run, seeded
 
 OP = "gaussian_heatmaps"
-DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64)}  # B, K, H, W
+DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64), "tiny": (2, 3, 8, 8)}  # B, K, H, W
 STD_PX = 0.5
 
 _compiled_reference = compiled(reference.gaussian_heatmaps)

@@ -26,7 +26,7 @@ from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers,
 
 OP = "soft_argmax"
 TEMPERATURE = 0.1
-DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64)}  # B, K, H, W
+DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64), "tiny": (2, 3, 8, 8)}  # B, K, H, W
 
 _compiled_reference = compiled(reference.soft_argmax)
 

@@ -24,7 +24,7 @@ from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers,
 
 OP = "tps_transform_points"
 GRID = 10
-DIMS = {"paper": (32, 10), "large": (64, 68)}  # B, M
+DIMS = {"paper": (32, 10), "large": (64, 68), "tiny": (2, 4)}  # B, M
 
 _compiled_reference = compiled(reference.tps_transform_points)
 

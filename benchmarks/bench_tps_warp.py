@@ -38,7 +38,7 @@ from benchmarks.conftest import (MODES, SHAPES, Case, compiled, device_providers
 OP = "tps_warp"
 PAIR_OP = "tps_pair_making"
 GRID = 10
-DIMS = {"paper": (32, 3, 128), "large": (16, 3, 256)}  # B, C, S
+DIMS = {"paper": (32, 3, 128), "large": (16, 3, 256), "tiny": (2, 3, 16)}  # B, C, S
 
 _compiled_reference = compiled(reference.tps_warp)
 
@@ -127,7 +127,7 @@ def pair_fn(warp, device: str):
 
 
 @pytest.mark.parametrize("device, provider", device_providers())
-@pytest.mark.parametrize("shape", ["paper"])
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s != "large"])
 def test_tps_pair_making(benchmark, shape, device, provider):
     warp, warm = warp_fn(provider, OP, device)
     run(benchmark, _pair_case(shape, device), provider, "forward", pair_fn(warp, device),

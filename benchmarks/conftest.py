@@ -12,7 +12,8 @@ Every benchmark is one (op, mode, shape, device, provider) cell:
 * modes: ``forward`` (inputs do not require grad) and ``forward+backward`` (one forward, then
   ``torch.autograd.grad`` of the outputs with a fixed random upstream gradient w.r.t. every
   differentiable input; no ``.grad`` accumulation is timed).
-* shapes: ``paper`` and ``large`` (see each bench file).
+* shapes: ``paper`` and ``large`` (see each bench file); ``FASTLMK_BENCH_SHAPES`` picks among them
+  and ``tiny`` (a few elements, for checking the machinery, not for timing).
 
 Each benchmark first runs its step once and checks the answer (outputs and gradients): elementwise
 against reference-eager in float32 over the whole batch, and on a few batch samples against the
@@ -41,7 +42,9 @@ from fastlmk import _backends
 
 HAS_CUDA = torch.cuda.is_available()
 MODES = ("forward", "forward+backward")
-SHAPES = ("paper", "large")
+# which shapes to run: FASTLMK_BENCH_SHAPES="paper,large" (default); "tiny" is a few-element
+# problem per op for checking the benchmark machinery quickly (scripts/gpu_check.py --cpu-smoke)
+SHAPES = tuple(s.strip() for s in os.environ.get("FASTLMK_BENCH_SHAPES", "paper,large").split(",") if s.strip())
 REFERENCE = "reference-eager"
 # device on which each provider runs; reference, compile and kornia run on every device present
 PROVIDERS = ("reference-eager", "reference-compile", "kornia", "fastlmk-cpu", "fastlmk-cuda", "fastlmk-triton")

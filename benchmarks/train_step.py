@@ -8,10 +8,13 @@ warm-up) and reports the median with p20/p80, in images/s.
 
     PYTHONPATH=. python benchmarks/train_step.py [--preset cpu] [--threads 1] [--fused auto] [--flags]
 
-Any other ``--key value`` is a TrainConfig override (e.g. ``--method intra``).
+Any other ``--key value`` is a TrainConfig override (e.g. ``--method intra``, ``--device cuda``,
+``--compile``; on CUDA ``--amp`` (the default) runs the forward under bf16 autocast, as
+``fastlmk.train`` does). :func:`make_step` is also what ``scripts/gpu_check.py`` times.
 """
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -23,28 +26,52 @@ from fastlmk.losses import FALLBACK, ReconstructionLoss
 from fastlmk.model import Generator, LandmarkAutoencoder, derangement
 
 
-def make_step(cfg, backend, images):
+def make_step(cfg, backend, images, device=None, amp=None, compile=None):
+    """One training step of ``fastlmk.train`` as a function returning the loss (a float).
+
+    ``device`` (default ``cfg.device``, "auto" = CUDA when present): where the model, the batch
+    and the TPS draws live. ``amp`` (default ``cfg.amp``): bf16 autocast around the forward, on
+    CUDA only (as in ``fastlmk.train``). ``compile`` (default ``cfg.compile``): ``torch.compile``
+    of the model. ``step()`` reuses ``images`` (no data loading is timed); ``step(batch)`` trains
+    on ``batch`` instead (same shape; e.g. images rendered on the device by the caller).
+    """
     from fastlmk.data import TPSPairs
+
+    if device is None:
+        device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    amp = cfg.amp if amp is None else amp
+    compile = cfg.compile if compile is None else compile
+    use_amp = amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
     torch.manual_seed(cfg.seed)
     det = build_detector({**cfg.to_dict(), "backend": backend})
     model = LandmarkAutoencoder(det, Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res), cfg.method)
+    model = model.to(device)
     crit = ReconstructionLoss(FALLBACK if cfg.perceptual == "auto" else cfg.perceptual, cfg.vgg_weights or None)
+    crit = crit.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     pairs = TPSPairs(grid_size=cfg.tps_grid, mask_margin=cfg.mask_margin, backend=backend)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen_aux = torch.Generator().manual_seed(cfg.seed + 1)
+    images = images.to(device)
+    forward = torch.compile(model) if compile else model
 
-    def step():
-        p = pairs(images, generator=gen)
-        aux = derangement(images.shape[0], gen) if cfg.method == "inter-intra" else None
-        out = model(p.x, p.x_prime, aux)
+    def step(batch=None):
+        p = pairs(images if batch is None else batch, generator=gen)
+        aux = derangement(images.shape[0], gen_aux).to(device) if cfg.method == "inter-intra" else None
+        with autocast():
+            out = forward(p.x, p.x_prime, aux)
         loss = crit(out["targets"], {"x": p.mask, "x_prime": p.mask_prime})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.detector.parameters(), cfg.grad_clip)
         torch.nn.utils.clip_grad_norm_(model.generator.parameters(), cfg.grad_clip)
         opt.step()
-        return loss.item()
+        return loss.item()  # a device sync: the step is complete when this returns
 
     return step
 
