@@ -69,7 +69,7 @@ def _on_face(det, dataset, n: int) -> float:
     return float((cover > 0.5).float().mean())
 
 
-def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: str) -> dict:
+def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: str, also_steps=()) -> dict:
     cache_path = os.path.join(run_dir, "curve.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     key = f"{split}-{n_train}-{n_test}"
@@ -80,7 +80,10 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
     train_set = sub(build_dataset("synth", split="train", size=S, pose=pose), n_train)
     test_set = sub(build_dataset("synth", split=split, size=S, pose=pose), n_test)
-    ckpts = _pick(list_checkpoints(run_dir), points)
+    every = list_checkpoints(run_dir)
+    ckpts = _pick(every, points)
+    extra = [c for c in every if int(os.path.basename(c)[5:13]) in set(also_steps) and c not in ckpts]
+    ckpts = sorted(ckpts + extra)
     for i, path in enumerate(ckpts):
         name = os.path.basename(path)
         if name in entries:
@@ -94,7 +97,7 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
              "saic": float(regression_errors(ptr, gtr, pte, gte, gte, "saic").mean()),
              "imm": float(regression_errors(ptr, gtr, pte, gte, gte, "imm").mean()),
              "mean_shape": mean_shape_baseline(gtr, gte)}
-        if i == len(ckpts) - 1:
+        if i == len(ckpts) - 1 or step in set(also_steps):
             e["on_face"] = _on_face(det, test_set, 256)
         entries[name] = e
         print(f"  {run_dir} {name}: t={e['elapsed_s'] / 60:.1f} min SAIC {e['saic']:.2f} %", file=sys.stderr, flush=True)
@@ -126,6 +129,8 @@ def main(argv=None):
     p.add_argument("--supervised", default="", help="eval.json holding a 'supervised' row (the upper bound)")
     p.add_argument("--out", default="docs/learning_curves.png")
     p.add_argument("--table", default="", help="also write a markdown table here")
+    p.add_argument("--also-steps", type=int, nargs="*", default=[],
+                   help="also evaluate the checkpoints of these steps (e.g. the default run's step count)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -133,7 +138,7 @@ def main(argv=None):
     for r in args.runs:
         if not os.path.isfile(os.path.join(r, "config.json")):
             raise SystemExit(f"error: {r} is not a run directory (no config.json)")
-    runs = [evaluate_run(r, args.points, args.train, args.test, args.split) for r in args.runs]
+    runs = [evaluate_run(r, args.points, args.train, args.test, args.split, args.also_steps) for r in args.runs]
     runs = [r for r in runs if r["rows"]]
     mean_shape = runs[0]["rows"][-1]["mean_shape"]
     sup = None

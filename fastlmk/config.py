@@ -67,7 +67,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     deterministic: bool = True  # deterministic cuDNN (same seed -> same losses on a GPU; off is faster)
     num_workers: int = 0  # DataLoader worker processes
-    threads: int = 0  # CPU threads of torch (0 = torch's default; 1 is much faster on an oversubscribed machine)
+    threads: int = 0  # CPU threads of torch (0 = auto: the cores not busy by the 1-minute load average; 1 is much faster on an oversubscribed machine)
     seed: int = 0  # seeds model init, data order, TPS warps and auxiliary subjects
     max_minutes: float = 0.0  # stop training (checkpoint, then evaluate) after this wall time; 0 = no limit
     # --- output ---

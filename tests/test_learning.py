@@ -131,7 +131,7 @@ def test_separation_loss():
 def tiny(tmp_path, name, **kw):
     base = dict(image_size=32, batch_size=4, steps=4, detector_width=8, generator_width=8, generator_res=1,
                 num_landmarks=4, log_every=1, sample_every=0, ckpt_every=0, keep_last=2, out_dir=str(tmp_path),
-                run_name=name, eval=False, train_length=32, backend="reference")
+                run_name=name, eval=False, train_length=32, backend="reference", threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -183,3 +183,18 @@ def test_supervised_bound_uses_the_papers_temperature():
     assert supervised_config_from(det, cfg)["temperature"] == 0.1
     assert supervised_config_from(det, cfg, temperature=None)["temperature"] == 1.0
     assert supervised_config_from(det, cfg)["width"] == 8
+
+
+# ------------------------------------------------------------------------------- threads
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+    import os
+
+    from fastlmk.train import auto_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert auto_threads() == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.8, 0.0, 0.0))
+    assert auto_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert auto_threads() == 1

@@ -20,7 +20,7 @@ def tiny(tmp_path, name, **kw):
     """A config that trains in well under a second per step on one core."""
     base = dict(image_size=32, batch_size=4, steps=6, detector_width=8, generator_width=8, generator_res=1,
                 num_landmarks=4, log_every=1, sample_every=0, ckpt_every=3, keep_last=2, out_dir=str(tmp_path),
-                run_name=name, eval=False, train_length=32, backend="reference")
+                run_name=name, eval=False, train_length=32, backend="reference", threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
