@@ -374,11 +374,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if master:
         if last is not None:
             save_samples(step, {"x": last[0].x, "x_prime": last[0].x_prime}, last[1])
-        if viz is not None:
-            try:
-                viz.plot_losses(log_path, os.path.join(run_dir, "loss.png"))
-            except ValueError as e:  # e.g. stopped before the first log row: no curve yet, not an error
-                print(f"no loss curve: {e}", flush=True)
+        if viz is not None and step < min(cfg.log_every, cfg.steps):  # stopped before the first log row
+            print(f"no loss curve yet: log.csv gets a row every {cfg.log_every} steps", flush=True)
+        elif viz is not None:
+            viz.plot_losses(log_path, os.path.join(run_dir, "loss.png"))
         if tb is not None:
             tb.close()
         if stopped and stopped in ("SIGINT", "SIGTERM"):

@@ -174,7 +174,7 @@ def test_stop_before_the_first_log_row(tmp_path, monkeypatch, capsys, sig, code)
     assert main(["--config", str(tmp_path / "c.json")]) == code
     out, run = capsys.readouterr().out, tmp_path / "early"
     assert f"stopped by {signal.Signals(sig).name} at step 2; checkpoint saved" in out
-    assert f"python -m fastlmk.train --resume {run}" in out
+    assert f"python -m fastlmk.train --resume {run}" in out and "no loss curve yet" in out
     assert ckpt_io.load_checkpoint(str(run))["step"] == 2
     monkeypatch.setattr(fastlmk.data, "TPSPairs", real)
     assert main(["--resume", str(run)]) == 0
