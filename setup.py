@@ -95,7 +95,29 @@ def _q(path):
     return shlex.quote(str(path)).replace("$", "$$").replace(":", "$:")
 
 
+def _build_info():
+    """fastlmk/_build_info.py, loaded by path (importing the package would import torch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fastlmk_build_info", ROOT / "fastlmk" / "_build_info.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class NinjaBuildExt(build_ext):
+    def run(self):
+        super().run()
+        # Record which csrc/ the modules were compiled from, next to them: a source checkout
+        # without compiled modules borrows an installed build's only if it matches (see
+        # fastlmk/_source_tree.py). build_lib feeds the wheel; in place feeds the checkout.
+        info = _build_info()
+        dirs = {Path(self.build_lib).resolve() / "fastlmk"}
+        if self.inplace:
+            dirs.add(Path(self.get_ext_fullpath("fastlmk._C_cpu")).resolve().parent)
+        for d in dirs:
+            info.write(d, ROOT / "csrc")
+
     def build_extension(self, ext):
         import pybind11
 

@@ -11,6 +11,12 @@ The ops (each with ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``)
 
 import torch as _torch  # noqa: F401  (load torch, and its OpenMP runtime, before the kernels)
 
+from fastlmk import _source_tree
+
+# Imported from an uncompiled source checkout (e.g. `python -m fastlmk.train` from the repository
+# root)? Then take the compiled modules from the installed build of the same csrc/.
+_source_tree.attach_installed_kernels(__path__)
+
 from fastlmk._backends import BACKENDS
 from fastlmk.gaussian_heatmaps import gaussian_heatmaps
 from fastlmk.soft_argmax import soft_argmax

@@ -96,6 +96,10 @@ def _why_unavailable(backend: str, device: torch.device) -> str:
     if backend == "cpu":
         if device.type != "cpu":
             return f"the 'cpu' backend needs CPU tensors, got a tensor on {device}"
+        from fastlmk import _source_tree
+
+        if _source_tree.status and cpu_module() is None:
+            return _source_tree.status
         return f"fastlmk was installed without its CPU kernels ({_errors.get('fastlmk._C_cpu')}); reinstall with `pip install .`"
     if backend == "cuda":
         if device.type != "cuda":
@@ -134,9 +138,10 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
             key = (op, device.type, dtype)
             if key not in _warned:
                 _warned.add(key)
+                why = f" ({_why_unavailable('cpu', device)})" if device.type == "cpu" and cpu_module() is None else ""
                 warnings.warn(
                     f"fastlmk.{op}: no compiled kernel for {device.type} tensors of dtype {dtype} in this "
-                    "installation; falling back to the (slower) pure-PyTorch reference.",
+                    f"installation; falling back to the (slower) pure-PyTorch reference{why}.",
                     RuntimeWarning,
                     stacklevel=3,
                 )

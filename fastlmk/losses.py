@@ -11,8 +11,9 @@ Perceptual terms (``PERCEPTUAL``):
   (``--vgg-weights PATH``); nothing is downloaded.
 * fallbacks for when no VGG weights are at hand (docs/readme_train.md has the measurement that
   chose the default): ``"none"`` (MSE only), ``"random-conv"`` (MSE of the features of a fixed,
-  randomly initialised conv net), ``"ssim"`` (1 - SSIM, kornia), ``"laplacian"`` (L1 over the
-  bands of a Laplacian pyramid).
+  randomly initialised conv net), ``"ssim"`` (1 - SSIM, needs kornia), ``"laplacian"`` (L1 over
+  the bands of a Laplacian pyramid, :func:`laplacian_pyramid`, plain torch: the default
+  fallback needs no package beyond the declared dependencies).
 """
 
 from __future__ import annotations
@@ -41,6 +42,47 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask.shape[-2:] != err.shape[-2:]:
         mask = F.adaptive_avg_pool2d(mask, err.shape[-2:])
     return (err * mask).sum() / (mask.sum() * err.shape[1]).clamp_min(1e-8)
+
+
+# Burt & Adelson's 5-tap binomial filter [1, 4, 6, 4, 1] / 16; its outer product is the 5x5
+# kernel of OpenCV's pyrDown / pyrUp and of kornia's pyramids.
+_BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)
+
+
+def _pyramid_blur(x: torch.Tensor) -> torch.Tensor:
+    """5x5 binomial blur of each channel of ``x`` (B, C, H, W), reflect border (same size)."""
+    k = torch.tensor(_BINOMIAL5, dtype=x.dtype, device=x.device)
+    kernel = (torch.outer(k, k) / 256.0).expand(x.shape[1], 1, 5, 5)  # (C, 1, 5, 5), depthwise
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=x.shape[1])
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list:
+    """Laplacian pyramid of ``x`` (B, C, H, W): ``levels`` tensors, band ``i`` = Gaussian level
+    ``i`` minus the expanded Gaussian level ``i + 1``, the last one the coarsest Gaussian level.
+
+    Gaussian level ``i + 1`` = blur, then bilinear resize to half size (floor); expand = bilinear
+    resize to double size, then blur (``align_corners=False``, reflect borders). Sides that are
+    not powers of two (both), or not divisible by ``2 ** (levels - 1)``, are first reflect-padded
+    at the bottom / right to the next power of two. This is the function of kornia's
+    ``build_laplacian_pyramid`` (same defaults), in plain torch so that the default loss needs
+    no extra package; tests/test_model.py checks the two agree.
+    """
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    h, w = x.shape[-2:]
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
+    stride = 1 << (levels - 1)
+    if not (pow2(h) or pow2(w)) or (levels > 1 and (h % stride or w % stride)):
+        x = F.pad(x, (0, (1 << (w - 1).bit_length()) - w, 0, (1 << (h - 1).bit_length()) - h), mode="reflect")
+    gauss = [x]
+    for _ in range(levels - 1):
+        g = gauss[-1]
+        gauss.append(F.interpolate(_pyramid_blur(g), size=(g.shape[-2] // 2, g.shape[-1] // 2), mode="bilinear",
+                                   align_corners=False))
+    bands = [g - _pyramid_blur(F.interpolate(coarse, size=(2 * coarse.shape[-2], 2 * coarse.shape[-1]),
+                                             mode="bilinear", align_corners=False))
+             for g, coarse in zip(gauss, gauss[1:])]
+    return bands + [gauss[-1]]
 
 
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,10 +207,8 @@ class ReconstructionLoss(nn.Module):
             return _masked_mean(1.0 - ssim(x, y, window_size=7, max_val=1.0), mask)
         # laplacian: L1 of each band of a Laplacian pyramid (finest band = edges) plus the
         # coarse residual, equal weights; 4 levels (64 px and up), fewer for smaller images
-        from kornia.geometry.transform import build_laplacian_pyramid
-
         levels = max(1, min(4, min(x.shape[-2:]).bit_length() - 3))
-        px, py = build_laplacian_pyramid(x, levels), build_laplacian_pyramid(y, levels)
+        px, py = laplacian_pyramid(x, levels), laplacian_pyramid(y, levels)
         return sum(_masked_mean((a - b).abs(), mask) for a, b in zip(px, py))
 
     def forward(self, pairs, masks: dict | None = None) -> dict:

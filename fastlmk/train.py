@@ -82,6 +82,14 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (setup, evaluation): stop like Ctrl-C, but exit 0."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
 def _is_main_thread():
     import threading
 
@@ -400,7 +408,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if master:
         if last is not None:
             save_samples(step, {"x": last[0].x, "x_prime": last[0].x_prime}, last[1])
-        if viz is not None:
+        if viz is not None and step < min(cfg.log_every, cfg.steps):  # stopped before the first log row
+            print(f"no loss curve yet: log.csv gets a row every {cfg.log_every} steps", flush=True)
+        elif viz is not None:
             viz.plot_losses(log_path, os.path.join(run_dir, "loss.png"))
         if tb is not None:
             tb.close()
@@ -408,7 +418,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             print(f"stopped by {stopped} at step {step}; checkpoint saved. Continue with: "
                   f"python -m fastlmk.train --resume {run_dir}", flush=True)
         elif cfg.eval:
-            result["eval"] = evaluate(core.detector, cfg, run_dir, device)
+            try:
+                result["eval"] = evaluate(core.detector, cfg, run_dir, device)
+            except KeyboardInterrupt as e:  # training is complete and saved; resuming re-runs the evaluation
+                result["stopped"] = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
+                print(f"\nevaluation interrupted; checkpoint saved at step {step}. Evaluate with: "
+                      f"python -m fastlmk.train --resume {run_dir}", flush=True)
     if ddp:
         dist.barrier()
     return result
@@ -444,12 +459,19 @@ def main(argv=None) -> int:
         state = ckpt_io.load_checkpoint(resume)
         base = apply_overrides(TrainConfig(), state["config"], where=state["path"])
         cfg, resume = parse_args(argv, cuda=cuda, base=base)
+    old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if _is_main_thread() else None
     try:
-        train(cfg, resume=resume)
+        result = train(cfg, resume=resume)
+    except KeyboardInterrupt as e:  # a stop before the loop (nothing trained yet) or a second Ctrl-C
+        print("\ninterrupted; no checkpoint of the current step was written (a run directory's last "
+              "checkpoint, if any, continues with: python -m fastlmk.train --resume runs/<name>)", file=sys.stderr)
+        return 0 if isinstance(e, _Terminated) else 130
     finally:
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return 130 if result["stopped"] == "SIGINT" else 0  # 130: the shell's code for a Ctrl-C
 
 
 if __name__ == "__main__":

@@ -175,3 +175,67 @@ def test_auto_on_cuda_follows_the_preference_table(op, fresh_warnings):
     out, _ = _call(op, "auto", device="cuda")
     ref, _ = _call(op, "reference", device="cuda")
     assert_close(out, ref, atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------ source checkout vs install
+def _fake_checkout_and_install(tmp_path, digest_matches=True, installed=True, in_place=False):
+    """tmp_path/repo: a checkout (setup.py, csrc/, fastlmk/); tmp_path/site/fastlmk: an install
+    whose _C_cpu is an empty stand-in file and whose _build.json records csrc's digest (or not)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from fastlmk import _build_info
+
+    repo = tmp_path / "repo"
+    (repo / "csrc" / "cpu").mkdir(parents=True)
+    (repo / "csrc" / "cpu" / "op.cpp").write_text("int f() { return 1; }\n")
+    (repo / "setup.py").write_text("")
+    (repo / "fastlmk").mkdir()
+    if in_place:
+        (repo / "fastlmk" / f"_C_cpu{EXTENSION_SUFFIXES[0]}").write_text("")
+    site = tmp_path / "site"
+    if installed:
+        (site / "fastlmk").mkdir(parents=True)
+        (site / "fastlmk" / f"_C_cpu{EXTENSION_SUFFIXES[0]}").write_text("")
+        _build_info.write(site / "fastlmk", repo / "csrc")
+        if not digest_matches:
+            (repo / "csrc" / "cpu" / "op.cpp").write_text("int f() { return 2; }\n")  # edited after the install
+    return repo, site
+
+
+@pytest.mark.parametrize("case", ["matching install", "stale install", "no install", "built in place"])
+def test_source_checkout_borrows_only_a_matching_installed_build(tmp_path, monkeypatch, case):
+    """`python -m fastlmk.train` from the repository root imports the checkout's fastlmk/: it
+    takes the compiled modules from an installed build compiled from the same csrc/, and
+    otherwise says why not and what to run."""
+    from fastlmk import _source_tree
+
+    repo, site = _fake_checkout_and_install(tmp_path, digest_matches=case != "stale install",
+                                            installed=case != "no install", in_place=case == "built in place")
+    monkeypatch.setattr(_source_tree, "status", None)
+    monkeypatch.setattr("sys.path", [str(repo), str(site)])
+    path = [str(repo / "fastlmk")]
+    _source_tree.attach_installed_kernels(path)
+    if case == "matching install":
+        assert path == [str(repo / "fastlmk"), str((site / "fastlmk").resolve())]
+        assert "with the compiled modules of the installed build" in _source_tree.status
+        return
+    assert path == [str(repo / "fastlmk")]
+    if case == "built in place":
+        assert _source_tree.status is None
+        return
+    assert "which has no compiled modules" in _source_tree.status and "pip install ." in _source_tree.status
+    assert ("other C++/CUDA sources" if case == "stale install" else "no installed build") in _source_tree.status
+
+
+def test_the_build_records_its_sources():
+    """The imported fastlmk's compiled modules sit next to a _build.json naming their csrc/ (only
+    checked where this is the installed package or an in-place build, and csrc/ is at hand)."""
+    import pathlib
+
+    from fastlmk import _build_info
+
+    mod = _backends.cpu_module()
+    if mod is None:
+        pytest.skip("no compiled CPU module here")
+    recorded = _build_info.read(pathlib.Path(mod.__file__).parent)
+    assert recorded is not None and len(recorded) == 64, "setup.py did not write _build.json next to the modules"

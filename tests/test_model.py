@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastlmk
-from fastlmk.losses import PERCEPTUAL, ReconstructionLoss, VGG16Features, masked_mse
+from fastlmk.losses import PERCEPTUAL, ReconstructionLoss, VGG16Features, laplacian_pyramid, masked_mse
 from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
 
 torch.set_num_threads(1)
@@ -225,3 +225,35 @@ def test_perceptual_fallbacks(kind):
     y2 = x.clone()
     y2[..., 20:, :] = 1 - y2[..., 20:, :]
     assert crit([(y2, x, "x")], {"x": m})["loss"].item() < 0.2 * crit([(y2, x, "x")], {"x": mask})["loss"].item()
+
+
+@pytest.mark.parametrize("shape,levels", [((2, 3, 64, 64), 4), ((2, 3, 32, 32), 3), ((1, 3, 16, 16), 2),
+                                          ((2, 1, 48, 40), 3), ((1, 2, 64, 24), 4), ((1, 3, 20, 20), 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_laplacian_pyramid_matches_kornia(shape, levels, dtype):
+    """The default perceptual fallback was computed with kornia's build_laplacian_pyramid; the
+    plain-torch pyramid that replaced it must give the same bands (and so the same loss),
+    including kornia's padding of sides that are not powers of two."""
+    kornia = pytest.importorskip("kornia")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    ours, theirs = laplacian_pyramid(x, levels), kornia.geometry.transform.build_laplacian_pyramid(x, levels)
+    assert len(ours) == len(theirs) == levels
+    tol = dict(rtol=0, atol=1e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-12)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_laplacian_loss_value_is_unchanged_without_kornia():
+    """ReconstructionLoss("laplacian") (the default run's) equals the formula with kornia's pyramid."""
+    kornia = pytest.importorskip("kornia")
+    from fastlmk.losses import _masked_mean
+
+    x, y = _images(4, 64), _images(4, 64, 1).requires_grad_()
+    mask = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    got = ReconstructionLoss("laplacian")([(y, x, "x")], {"x": mask})["perceptual"]
+    build = kornia.geometry.transform.build_laplacian_pyramid
+    want = sum(_masked_mean((a - b).abs(), mask) for a, b in zip(build(y, 4), build(x, 4)))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    g_got, = torch.autograd.grad(got, y)
+    g_want, = torch.autograd.grad(want, y)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-9)

@@ -151,6 +151,54 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     _assert_same_state(end["generator"], full["model"].generator.state_dict())
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_stop_before_the_first_log_row(tmp_path, monkeypatch, capsys, sig, code):
+    """SIGTERM / Ctrl-C before anything was logged (log_every 50, stop in step 2): the command
+    prints the resume command and exits 0 (130 for Ctrl-C, the shell's convention), the
+    checkpoint loads, and resuming finishes the run. (This used to end in "log.csv has no loss
+    column", exit 2.)"""
+    import fastlmk.data
+
+    calls = {"n": 0}
+    real = fastlmk.data.TPSPairs
+
+    class Interrupting(real):
+        def __call__(self, images, generator=None):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), sig)
+            return super().__call__(images, generator=generator)
+
+    monkeypatch.setattr(fastlmk.data, "TPSPairs", Interrupting)
+    (tmp_path / "c.json").write_text(json.dumps(tiny(tmp_path, "early", log_every=50, ckpt_every=0).to_dict()))
+    assert main(["--config", str(tmp_path / "c.json")]) == code
+    out, run = capsys.readouterr().out, tmp_path / "early"
+    assert f"stopped by {signal.Signals(sig).name} at step 2; checkpoint saved" in out
+    assert f"python -m fastlmk.train --resume {run}" in out and "no loss curve yet" in out
+    assert ckpt_io.load_checkpoint(str(run))["step"] == 2
+    monkeypatch.setattr(fastlmk.data, "TPSPairs", real)
+    assert main(["--resume", str(run)]) == 0
+    assert ckpt_io.load_checkpoint(str(run))["step"] == 6
+
+
+@pytest.mark.parametrize("exc,code", [(KeyboardInterrupt, 130), ("terminated", 0)], ids=["SIGINT", "SIGTERM"])
+def test_stop_during_evaluation(tmp_path, monkeypatch, capsys, exc, code):
+    """A stop during the final evaluation: training is saved, the resume command (which re-runs
+    the evaluation) is printed, exit 130 for Ctrl-C, 0 for SIGTERM."""
+    import fastlmk.train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise train_mod._Terminated if exc == "terminated" else exc
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupted)
+    (tmp_path / "c.json").write_text(json.dumps(tiny(tmp_path, "ev", eval=True).to_dict()))
+    assert main(["--config", str(tmp_path / "c.json")]) == code
+    run = tmp_path / "ev"
+    assert f"evaluation interrupted; checkpoint saved at step 6. Evaluate with: python -m fastlmk.train --resume {run}" \
+        in capsys.readouterr().out
+    assert ckpt_io.load_checkpoint(str(run))["step"] == 6
+
+
 def test_time_limit_stops_cleanly(tmp_path):
     r = train(tiny(tmp_path, "t", max_minutes=1e-9), progress=False)
     assert r["step"] == 1 and r["stopped"].startswith("time limit")
