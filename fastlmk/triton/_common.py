@@ -22,13 +22,20 @@ def is_f64(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
 def split_scalar(v: float) -> tuple[float, float]:
     """``v`` as ``hi + lo`` with both exactly representable in float32.
 
     Triton passes Python floats to kernels as float32; a float64 kernel rebuilds the scalar as
     ``float64(hi) + float64(lo)`` (~48 bits), so float64 results do not lose precision to the
     argument passing. float32 kernels use ``hi + lo`` rounded to float32, i.e. ``float32(v)``.
+    Magnitudes above float32's largest finite value are clamped to it: an inverse temperature or
+    1 / (2 std^2) that large makes a hard argmax / a one-pixel map anyway (unclamped, ``hi`` would
+    be inf and ``lo`` NaN).
     """
+    v = max(-_F32_MAX, min(_F32_MAX, float(v)))
     hi = struct.unpack("f", struct.pack("f", v))[0]
     lo = struct.unpack("f", struct.pack("f", v - hi))[0]
     return hi, lo

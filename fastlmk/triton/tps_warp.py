@@ -79,11 +79,13 @@ def _unnormalise(s, size, BORDER: tl.constexpr):
     i = (s + 1.0) * 0.5 * hi
     if BORDER:
         d = tl.where((i > 0.0) & (i < hi), scale, 0.0)
+        i = tl.where(i == i, i, 0.0)  # NaN -> pixel 0, as grid_sample's clip
         i = tl.minimum(tl.maximum(i, 0.0), hi)
     else:
         d = scale + tl.zeros_like(i)
         # far outside the image every tap is out of bounds; clamping keeps the int cast defined
-        i = tl.minimum(tl.maximum(i, -2.0), hi + 2.0)
+        # (a NaN position samples nothing here; the forward makes its output NaN)
+        i = tl.where(i == i, tl.minimum(tl.maximum(i, -2.0), hi + 2.0), -2.0)
     return i, d
 
 
@@ -127,6 +129,7 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
     px = grid_coord(p - row * Wo, Wo, ACC)
     py = grid_coord(row, Ho, ACC)
     sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
+    nan_pt = (sx != sx) | (sy != sy)
     ix, _ = _unnormalise(sx, Wi, BORDER)
     iy, _ = _unnormalise(sy, Hi, BORDER)
     tile = bmask[:, None] & pmask[None, :]
@@ -144,6 +147,8 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
         v += w01 * tl.load(src + o01, mask=m01, other=0.0).to(ACC)
         v += w10 * tl.load(src + o10, mask=m10, other=0.0).to(ACC)
         v += w11 * tl.load(src + o11, mask=m11, other=0.0).to(ACC)
+        if not BORDER:  # a NaN sample position gives a NaN sample, as grid_sample's zeros padding
+            v = tl.where(nan_pt, float("nan"), v)
         tl.store(out_b + c * P, v.to(out_ptr.dtype.element_ty), mask=tile)
 
 
