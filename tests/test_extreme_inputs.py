@@ -159,3 +159,29 @@ def test_control_points_carry_no_gradient_on_every_backend(backend, op):
     out.square().sum().backward()
     assert ctrl.grad is None  # the reference used to return one, the kernels None
     assert coef.grad is not None
+
+
+# --- the Triton kernels index in int32: huge extents are refused, not read out of bounds --------
+def test_triton_int32_index_guard():
+    from fastlmk import _backends
+
+    tri = _backends.triton_module()
+    if tri is None:
+        pytest.skip("triton is not installed")
+    from fastlmk.triton import gaussian_heatmaps as gh, soft_argmax as sa, tps_transform_points as tp, tps_warp as tw
+
+    big = torch.zeros(1, 1, 1).expand(1, 2**16, 2**15)  # 2^31 elements, no memory
+    with pytest.raises(ValueError, match="fastlmk.soft_argmax: the triton backend addresses H \\* W"):
+        sa.soft_argmax_forward(big, 1.0, False)
+    with pytest.raises(ValueError, match="int32"):
+        sa.soft_argmax_backward(torch.zeros(1, 2), big, torch.zeros(1, 2), torch.zeros(1, 2), 1.0, False)
+    with pytest.raises(ValueError, match="fastlmk.gaussian_heatmaps: .*height \\* width"):
+        gh.gaussian_heatmaps_forward(torch.zeros(1, 2), 2**16, 2**15, 1.0)
+    img = torch.zeros(1, 1, 1, 1).expand(1, 2, 2**15, 2**15)  # one image of 2^31 elements
+    t = make_tps("shared", 1, torch.float32, "cpu", grid_size=3)
+    with pytest.raises(ValueError, match="fastlmk.tps_warp: .*C \\* H \\* W"):
+        tw.tps_warp_forward(img, t.ctrl, t.coef, 4, 4, False)
+    with pytest.raises(ValueError, match="fastlmk.tps_warp: .*C \\* H_out \\* W_out"):
+        tw.tps_warp_forward(torch.zeros(1, 2, 4, 4), t.ctrl, t.coef, 2**15, 2**15, False)
+    with pytest.raises(ValueError, match="fastlmk.tps_transform_points: .*2 \\* M"):
+        tp.tps_transform_points_forward(torch.zeros(1, 1, 2).expand(1, 2**30, 2), t.ctrl, t.coef)

@@ -41,6 +41,21 @@ def split_scalar(v: float) -> tuple[float, float]:
     return hi, lo
 
 
+# In-kernel offsets are int32 (program ids, aranges, the size arguments); only the per-map /
+# per-image base offsets are int64. Every host function checks the extents that enter int32
+# arithmetic against this limit (2^31 less a block of slack), as the CPU and CUDA kernels check
+# theirs, so that a huge plane is refused instead of read or written out of bounds.
+INDEX_LIMIT = 2**31 - 2**16
+
+
+def check_index_range(op: str, **extents: int) -> None:
+    """ValueError if an extent (elements addressed with int32 offsets) reaches INDEX_LIMIT."""
+    for name, n in extents.items():
+        if int(n) >= INDEX_LIMIT:
+            raise ValueError(f"fastlmk.{op}: the triton backend addresses {name} = {int(n)} elements with int32 "
+                             f"offsets (limit {INDEX_LIMIT}); split the input or use backend='reference'")
+
+
 def launch(kernel, grid):
     """``kernel[grid]`` through ``torch.library.wrap_triton`` so that ``torch.compile`` (via
     ``torch.library.triton_op``) can trace the launch; outside tracing this is the plain launch."""

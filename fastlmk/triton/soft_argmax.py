@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, grid_coord, is_f64, launch, pow2, scalar, split_scalar
+from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
 
 _MAX_BLOCK = 2048  # pixels per step of the spatial sweeps
 _MAX_TILE = 4096  # elements of a (rows, full width) tile of the marginal kernels
@@ -220,6 +220,7 @@ def soft_argmax_forward(logits: torch.Tensor, inv_t: float, marginal: bool):
     accumulation dtype ((max, log-sum) of the spatial softmax, or of the column and then the row
     softmax)."""
     M, H, W = logits.shape
+    check_index_range("soft_argmax", **{"H * W (one map)": H * W, "M * 4 (stats)": M * 4})
     points = torch.empty((M, 2), dtype=logits.dtype, device=logits.device)
     # stats: spatial (max, log-sum); marginal (max, log-sum) of the columns, then of the rows
     stats = torch.empty((M, 4 if marginal else 2), dtype=acc_dtype(logits.dtype), device=logits.device)
@@ -240,6 +241,7 @@ def soft_argmax_backward(grad: torch.Tensor, logits: torch.Tensor, stats: torch.
                          inv_t: float, marginal: bool) -> torch.Tensor:
     """grad (M, 2), logits (M, H, W), stats and points from the forward -> grad_logits (M, H, W)."""
     M, H, W = logits.shape
+    check_index_range("soft_argmax", **{"H * W (one map)": H * W, "M * 4 (stats)": M * 4})
     grad_logits = torch.empty_like(logits)
     hi, lo = split_scalar(inv_t)
     f64 = is_f64(logits.dtype)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import is_f64, launch, pow2
+from fastlmk.triton._common import check_index_range, is_f64, launch, pow2
 
 
 @triton.jit
@@ -138,6 +138,7 @@ def tps_transform_points_forward(points: torch.Tensor, ctrl: torch.Tensor, coef:
     accumulation dtype -> (B, M, 2) in the points dtype."""
     B, M, _ = points.shape
     N = ctrl.shape[1]
+    check_index_range("tps_transform_points", **{"2 * M (one batch of points)": 2 * M, "2 * (N + 3) (coefficients)": 2 * (N + 3)})
     out = torch.empty_like(points)
     bm, bn = _blocks(M, N)
     launch(_fwd_kernel, (B, triton.cdiv(M, bm)))(
@@ -152,6 +153,7 @@ def tps_transform_points_backward(grad: torch.Tensor, points: torch.Tensor, ctrl
     grad_coef (B, N + 3, 2) in the coef dtype or None)."""
     B, M, _ = points.shape
     N = ctrl.shape[1]
+    check_index_range("tps_transform_points", **{"2 * M (one batch of points)": 2 * M, "2 * (N + 3) (coefficients)": 2 * (N + 3)})
     if not (need_points or need_coef):
         return None, None
     gp = torch.empty_like(points) if need_points else None

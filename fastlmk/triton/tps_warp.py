@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, grid_coord, is_f64, launch, pow2
+from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
 from fastlmk.triton.tps_transform_points import radial
 
 
@@ -232,12 +232,21 @@ def _blocks(B: int, N: int, shared: bool) -> tuple[int, int, int]:
     return 1, 128, block_n
 
 
+def _check_sizes(C, Hi, Wi, Ho, Wo, B, N):
+    # int32 in the kernels: tap offsets (< Hi Wi), channel offsets c * plane (< C Hi Wi, C Ho Wo),
+    # pixel indices (< Ho Wo), coefficient offsets (< 2 (N + 3))
+    check_index_range("tps_warp", **{"C * H * W (one input image)": C * Hi * Wi,
+                                     "C * H_out * W_out (one output image)": C * Ho * Wo,
+                                     "2 * (N + 3) (coefficients)": 2 * (N + 3)})
+
+
 def tps_warp_forward(image: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor, out_h: int, out_w: int,
                      border: bool) -> torch.Tensor:
     """image (B, C, Hi, Wi), ctrl (Bc, N, 2) with Bc in {1, B}, coef (B, N + 3, 2), all contiguous,
     ctrl/coef in the accumulation dtype -> (B, C, out_h, out_w) in the image dtype."""
     B, C, Hi, Wi = image.shape
     N = ctrl.shape[1]
+    _check_sizes(C, Hi, Wi, out_h, out_w, B, N)
     shared = ctrl.shape[0] == 1
     out = torch.empty((B, C, out_h, out_w), dtype=image.dtype, device=image.device)
     bb, bp, bn = _blocks(B, N, shared)
@@ -255,6 +264,7 @@ def tps_warp_backward(grad_out: torch.Tensor, image: torch.Tensor, ctrl: torch.T
     B, C, Hi, Wi = image.shape
     Ho, Wo = grad_out.shape[-2:]
     N = ctrl.shape[1]
+    _check_sizes(C, Hi, Wi, Ho, Wo, B, N)
     if not (need_image or need_coef):
         return None, None
     shared = ctrl.shape[0] == 1
