@@ -135,10 +135,11 @@ def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", b
     if size is None:
         out_h, out_w = image.shape[-2:]
     else:
-        if len(size) != 2:
+        if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
             raise ValueError(f"fastlmk.tps_warp: size must be (H_out, W_out), got {size!r}")
-        out_h = _checks.positive_int(_OP, "size[0]", int(size[0]))
-        out_w = _checks.positive_int(_OP, "size[1]", int(size[1]))
+        # ints only: (5.7, 5) used to be truncated silently
+        out_h = _checks.positive_int(_OP, "size[0]", size[0])
+        out_w = _checks.positive_int(_OP, "size[1]", size[1])
     if image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"fastlmk.tps_warp: image must have H, W >= 1, got {tuple(image.shape)}")
     ctrl, coef = _prepare(_OP, image, tps)

@@ -185,3 +185,26 @@ def test_triton_int32_index_guard():
         tw.tps_warp_forward(torch.zeros(1, 2, 4, 4), t.ctrl, t.coef, 2**15, 2**15, False)
     with pytest.raises(ValueError, match="fastlmk.tps_transform_points: .*2 \\* M"):
         tp.tps_transform_points_forward(torch.zeros(1, 1, 2).expand(1, 2**30, 2), t.ctrl, t.coef)
+
+
+# --- op arguments that used to reach C++ / numpy / linalg or be truncated silently -------------
+def _bad_op_calls():
+    img, t = torch.zeros(1, 1, 4, 4), fastlmk.random_tps(1, grid_size=3)
+    line = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]])
+    return [
+        (lambda: fastlmk.gaussian_heatmaps(torch.zeros(1, 1, 2), 2**70, 4, 0.1), ValueError, "height must be <= 2147483647"),
+        (lambda: fastlmk.tps_warp(img, t, size=5), ValueError, "size must be (H_out, W_out), got 5"),
+        (lambda: fastlmk.tps_warp(img, t, size=(5.7, 5)), TypeError, "size[0] must be an int, got float"),
+        (lambda: fastlmk.tps_fit(line, torch.rand(1, 4, 2)), ValueError, "tps_fit: the TPS system is singular"),
+        (lambda: fastlmk.random_tps(2, grid_size=2.5), TypeError, "grid_size must be an int, got float"),
+        (lambda: fastlmk.random_tps(2, rotation_std=float("nan")), ValueError, "rotation_std must be a finite number"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_bad_op_arguments_get_a_clear_error(case):
+    import re
+
+    fn, exc, msg = _bad_op_calls()[case]
+    with pytest.raises(exc, match=re.escape(msg)):
+        fn()
