@@ -27,3 +27,21 @@ def test_size_must_be_an_int(tmp_path, size):
     _aflw_zhang(tmp_path)
     with pytest.raises(TypeError, match="size must be an int"):
         build_dataset("aflw_zhang", tmp_path, "train", size=size)
+
+
+def test_mafl_coinciding_eyes_name_the_image(tmp_path):
+    from test_data_loaders import NAMES, PTS, _celeba
+
+    import test_data_loaders
+
+    pts = PTS.copy()
+    pts[5, 1] = pts[5, 0]  # a MAFL test image whose right eye sits on its left eye
+    old = test_data_loaders.PTS
+    test_data_loaders.PTS = pts
+    try:
+        _celeba(tmp_path)
+    finally:
+        test_data_loaders.PTS = old
+    with pytest.raises(ValueError, match=f"image '{NAMES[5]}'.*coinciding eye landmarks"):
+        build_dataset("mafl", tmp_path, "test", size=32)
+    assert len(build_dataset("celeba", tmp_path, "train", size=32)) > 0  # training images need no eyes
