@@ -34,11 +34,16 @@ def positive_float(op: str, name: str, v) -> float:
     return v
 
 
+MAX_SIZE = 2**31 - 1  # sizes travel to the kernels as int32/int64: larger ones are refused here
+
+
 def positive_int(op: str, name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"fastlmk.{op}: {name} must be an int, got {type(v).__name__}")
     if v < 1:
         raise ValueError(f"fastlmk.{op}: {name} must be >= 1, got {v}")
+    if v > MAX_SIZE:
+        raise ValueError(f"fastlmk.{op}: {name} must be <= {MAX_SIZE}, got {v}")
     return v
 
 

@@ -3,7 +3,7 @@
 Every backend (this one for "cpu" and "cuda", :mod:`fastlmk.triton` for "triton") exposes the
 same functions over *validated, contiguous* tensors; the op modules call them and own autograd.
 
-    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,2]
+    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,2|4]
     soft_argmax_backward(grad[M,2], logits, stats, points, inv_t, marginal) -> grad_logits[M,H,W]
     gaussian_heatmaps_forward(points[M,2], H, W, inv_two_var)      -> maps[M,H,W]
     gaussian_heatmaps_backward(grad[M,H,W], points, inv_two_var)   -> grad_points[M,2]
@@ -15,8 +15,9 @@ same functions over *validated, contiguous* tensors; the op modules call them an
                                                                   -> grad_points|None, grad_coef|None
 
 stats, ctrl and coef use the accumulation dtype (float64 for float64 data, float32 otherwise).
-soft-argmax stats (M, 2) are private to a backend (its backward reads them): spatial keeps the
-max and the log of the shifted sum apart (exact p for huge logits), marginal the two lse.
+soft-argmax stats (M, STATS_WIDTH[marginal]) are private to a backend (its backward reads them):
+spatial keeps the max logit and the log of the shifted sum apart (exact p for huge logits),
+marginal the same pair for the column-mean and for the row-mean softmax.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloa
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def soft_argmax_stats_width(marginal: bool) -> int:
+    """Columns of the soft-argmax stats: (max, log-sum) per softmax, two softmaxes if marginal."""
+    return 4 if marginal else 2
 
 
 def _ptr(t):
@@ -61,7 +67,7 @@ class CppKernels:
     def soft_argmax_forward(self, logits, inv_t, marginal):
         M, H, W = logits.shape
         points = logits.new_empty(M, 2)
-        stats = torch.empty(M, 2, dtype=acc_dtype(logits.dtype), device=logits.device)
+        stats = torch.empty(M, soft_argmax_stats_width(marginal), dtype=acc_dtype(logits.dtype), device=logits.device)
         self.m.soft_argmax_forward(_DTYPE_CODE[logits.dtype], _ptr(logits), _ptr(points), _ptr(stats),
                                    M, H, W, float(inv_t), bool(marginal), self._ctx(logits))
         return points, stats

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import torch
 
@@ -45,6 +46,22 @@ def list_checkpoints(run_dir: str) -> list:
 def prune_checkpoints(run_dir: str, keep_last: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep_last]:
         os.remove(old)
+    clean_temp_files(run_dir)
+
+
+def clean_temp_files(run_dir: str) -> list:
+    """Remove temporary checkpoint files (``*.pt.tmp<pid>``) left by killed processes; a
+    temporary file of this process is kept. Returns the removed paths."""
+    removed = []
+    own = f".tmp{os.getpid()}"
+    for tmp in glob.glob(os.path.join(run_dir, "checkpoints", "*.pt.tmp*")):
+        if not tmp.endswith(own):
+            try:
+                os.remove(tmp)
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -59,11 +76,30 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def load_checkpoint(path: str, map_location="cpu", fallback: bool = False) -> dict:
     """Load a fastlmk checkpoint (file or run directory) with ``weights_only=True``.
+
+    ``fallback`` (a run directory only): when the newest checkpoint cannot be loaded (truncated
+    by a kill or a full disk), load the newest one that can, and say so on stderr.
 
     Raises FileNotFoundError (missing) or ValueError (unreadable / not a fastlmk checkpoint),
     both naming the path."""
+    if fallback and os.path.isdir(path):
+        found = list_checkpoints(path)
+        errors = []
+        for candidate in reversed(found):
+            try:
+                state = load_checkpoint(candidate, map_location)
+            except ValueError as e:
+                errors.append(str(e))
+                continue
+            for e in errors:
+                print(f"warning: skipping {e}", file=sys.stderr)
+            if errors:
+                print(f"warning: resuming from {candidate}, the newest loadable checkpoint", file=sys.stderr)
+            return state
+        if errors:
+            raise ValueError(f"no loadable checkpoint in {path}: " + "; ".join(errors))
     path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

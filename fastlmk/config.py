@@ -8,6 +8,7 @@ or on the command line are changed (e.g. ``--steps`` to train longer).
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -120,6 +121,8 @@ def _unknown(keys, where) -> ValueError:
 
 def apply_overrides(cfg: TrainConfig, overrides: dict, where: str = "overrides") -> TrainConfig:
     """Return ``cfg`` with ``overrides`` applied (type-checked); unknown keys -> ValueError."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where}: the config must be a mapping of config keys, got {type(overrides).__name__}")
     types = {f.name: f.type for f in fields(TrainConfig)}
     bad = set(overrides) - set(types)
     if bad:
@@ -190,7 +193,87 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")
     need(cfg.separation_std > 0, f"separation_std must be > 0, got {cfg.separation_std}")
     need(cfg.intra_warmup >= 0, f"intra_warmup must be >= 0, got {cfg.intra_warmup}")
+    check_numbers(cfg)
+    check_names(cfg)
     return cfg
+
+
+# Ranges of the numeric fields beyond "finite" (every float field must be finite, new ones
+# included): name -> (low, high, low inclusive, high inclusive); None = unbounded.
+RANGES = {
+    "temperature": (0.0, None, False, True), "gaussian_std": (0.0, None, False, True),
+    "lr": (0.0, None, False, True), "lr_decay": (0.0, None, False, True),
+    "beta1": (0.0, 1.0, True, False), "beta2": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, None, True, True), "grad_clip": (0.0, None, True, True),
+    "perceptual_weight": (0.0, None, True, True), "max_minutes": (0.0, None, True, True),
+    "rotation_std": (0.0, None, True, True), "scale_std": (0.0, None, True, True),
+    "translation_std": (0.0, None, True, True), "warp_std": (0.0, None, True, True),
+    "extra_warp_prob": (0.0, 1.0, True, True), "mask_margin": (0.0, None, True, True),
+    "tps_grid": (2, None, True, True), "seed": (0, None, True, True),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every float field finite, every field of RANGES inside its range (ValueError naming the
+    flag). Run before anything is created: a NaN --lr-decay trained to NaN weights."""
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{_flag(f.name)} must be a finite number, got {v}")
+    for name, (lo, hi, lo_in, hi_in) in RANGES.items():
+        if not hasattr(cfg, name):
+            continue
+        v = getattr(cfg, name)
+        bad_lo = lo is not None and (v < lo if lo_in else v <= lo)
+        bad_hi = hi is not None and (v > hi if hi_in else v >= hi)
+        if bad_lo or bad_hi:
+            lo_s = "" if lo is None else f"{'>=' if lo_in else '>'} {lo}"
+            hi_s = "" if hi is None else f"{'<=' if hi_in else '<'} {hi}"
+            raise ValueError(f"{_flag(name)} must be {' and '.join(x for x in (lo_s, hi_s) if x)}, got {v}")
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """The names that used to fail only after the run directory existed (or after the whole
+    training, for --eval-dataset): backend, device, data set names."""
+    from fastlmk import _backends
+    from fastlmk.data import DATASETS
+
+    if cfg.backend not in _backends.BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(_backends.BACKENDS)}, got {cfg.backend!r}")
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"--dataset: unknown data set {cfg.dataset!r}; valid names: {', '.join(DATASETS)}")
+    if cfg.eval_dataset and cfg.eval_dataset not in DATASETS:
+        raise ValueError(f"--eval-dataset: unknown data set {cfg.eval_dataset!r}; valid names: {', '.join(DATASETS)}")
+    device = check_device(cfg.device)
+    if cfg.backend not in ("auto", "reference") and not _backends.available(cfg.backend, device):
+        raise ValueError(f"--backend {cfg.backend} cannot run on {device} here: "
+                         f"{_backends._why_unavailable(cfg.backend, device)}")
+
+
+def check_device(spec: str, flag: str = "--device"):
+    """``auto`` -> the device training would use; else a torch.device that exists here
+    (ValueError naming ``flag`` otherwise)."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{flag} must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {spec}: no CUDA GPU is available on this machine (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:

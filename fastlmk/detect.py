@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
+
+from fastlmk._cli import UsageError, check_device, check_output_dir, run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 PROG = "fastlmk.detect"
@@ -68,7 +71,9 @@ def load_image(path):
             im = ImageOps.exif_transpose(im)
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # (DecompressionBombError: a header claiming a huge size; not an OSError) -> skipped like any
+        # unreadable image
         raise DetectError(f"cannot read image {path}: {e}") from None
 
 
@@ -243,16 +248,22 @@ def detect_images(detector, files: list[Path], root: Path, image_size: int, out_
         for (f, im, box), p, n in zip(batch, points, named):
             pix = to_original_pixels(p, box, image_size)  # (K, 2) float64 original pixels
             rec = {"file": str(f.relative_to(root)), "width": im.size[0], "height": im.size[1],
-                   "landmarks": [[round(float(a), 2), round(float(b), 2)] for a, b in pix]}
+                   "landmarks": [[_coord(a), _coord(b)] for a, b in pix]}
             if n is not None:
-                rec["named_landmarks"] = [[round(float(a), 2), round(float(b), 2)]
-                                          for a, b in to_original_pixels(n, box, image_size)]
+                rec["named_landmarks"] = [[_coord(a), _coord(b)] for a, b in to_original_pixels(n, box, image_size)]
             records.append(rec)
             if overlays:
                 save_overlay(im, pix, Path(out_dir) / "overlays" / names[f], box=box)
             bar.update(1)
     bar.close()
     return records, skipped
+
+
+def _coord(v) -> float | None:
+    """A coordinate for the landmarks file: rounded to 0.01 px; None (JSON null, an empty CSV
+    cell) when not finite, so that landmarks.json stays valid JSON."""
+    v = float(v)
+    return round(v, 2) if math.isfinite(v) else None
 
 
 def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict | None = None,
@@ -269,7 +280,7 @@ def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict 
                               "the top-left pixel, x right, y down")
         doc["images"] = records
         doc["skipped"] = skipped or []
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     elif fmt == "csv":
         path = out / "landmarks.csv"
         K = max((len(r["landmarks"]) for r in records), default=0)
@@ -279,8 +290,9 @@ def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict 
             w.writerow(["file", "width", "height"] + [f"{c}{k}" for k in range(K) for c in ("x", "y")]
                        + [f"{n}_{c}" for n in names for c in ("x", "y")])
             for r in records:
-                w.writerow([r["file"], r["width"], r["height"]] + [f"{v:.2f}" for pt in r["landmarks"] for v in pt]
-                           + [f"{v:.2f}" for pt in r.get("named_landmarks", []) for v in pt])
+                w.writerow([r["file"], r["width"], r["height"]]
+                           + ["" if v is None else f"{v:.2f}" for pt in r["landmarks"] for v in pt]
+                           + ["" if v is None else f"{v:.2f}" for pt in r.get("named_landmarks", []) for v in pt])
     else:
         raise ValueError(f"{PROG}: format must be 'json' or 'csv', got {fmt!r}")
     return path
@@ -323,30 +335,31 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.batch_size < 1:
-        raise SystemExit(f"{PROG}: error: --batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"{PROG}: error: --batch-size must be >= 1, got {args.batch_size}")
     if not 0 < args.crop_scale <= 1:
-        raise SystemExit(f"{PROG}: error: --crop-scale must be in (0, 1], got {args.crop_scale}")
+        raise UsageError(f"{PROG}: error: --crop-scale must be in (0, 1], got {args.crop_scale}")
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
-        raise SystemExit(f"{PROG}: error: checkpoint not found: {ckpt}")
+        raise UsageError(f"{PROG}: error: checkpoint not found: {ckpt}")
     try:
         files, root = list_images(args.input, recursive=args.recursive)
     except DetectError as e:
-        raise SystemExit(f"{PROG}: error: {e}") from None
+        raise UsageError(f"{PROG}: error: {e}") from None
     single = Path(args.input).is_file()
     regressor = None
     if args.regressor:
         try:
             regressor = Regressor.from_eval_json(args.regressor, args.variant)
         except DetectError as e:
-            raise SystemExit(f"{PROG}: error: {e}") from None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            raise UsageError(f"{PROG}: error: {e}") from None
+    device = check_device(PROG, args.device)
+    check_output_dir(PROG, "--out", args.out)  # now, not after the whole folder
     try:
         detector, config = _load_detector(str(ckpt), device)
     except (FileNotFoundError, ValueError) as e:  # load_detector's errors name the file already
-        raise SystemExit(f"{PROG}: error: {e}") from None
+        raise UsageError(f"{PROG}: error: {e}") from None
     except Exception as e:  # the CLI boundary: any other loading failure as one clear line
-        raise SystemExit(f"{PROG}: error: cannot load checkpoint {ckpt}: {type(e).__name__}: {e}") from None
+        raise UsageError(f"{PROG}: error: cannot load checkpoint {ckpt}: {type(e).__name__}: {e}") from None
 
     from fastlmk.evaluate import detector_image_size
 
@@ -357,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                                          overlays=not args.no_overlays, progress=not args.no_progress,
                                          strict=single, regressor=regressor)
     except DetectError as e:
-        raise SystemExit(f"{PROG}: error: {e}") from None
+        raise UsageError(f"{PROG}: error: {e}") from None
     if not records:
-        raise SystemExit(f"{PROG}: error: none of the {len(files)} images in {args.input} could be read")
+        raise UsageError(f"{PROG}: error: none of the {len(files)} images in {args.input} could be read")
     meta = {"checkpoint": str(ckpt), "image_size": size, "num_landmarks": len(records[0]["landmarks"]),
             "crop": args.crop, "crop_scale": args.crop_scale}
     if regressor is not None:
@@ -375,4 +388,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

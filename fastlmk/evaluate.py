@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from fastlmk._cli import UsageError, check_device, check_finite, check_output_dir, run
 from fastlmk.viz import LANDMARK_NAMES
 
 DEFAULT_SHOTS: tuple = (1, 5, 10, 100, 500, 1000, 5000, None)  # None = all training images
@@ -556,21 +557,25 @@ def main(argv: list[str] | None = None) -> int:
     prog = "fastlmk.evaluate"
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
-        raise SystemExit(f"{prog}: error: checkpoint not found: {ckpt}")
-    for name in ("num_train", "num_test", "supervised_steps", "repeats", "batch_size"):
+        raise UsageError(f"{prog}: error: checkpoint not found: {ckpt}")
+    for name in ("num_train", "num_test", "supervised_steps", "repeats", "batch_size", "supervised_batch_size",
+                 "workers"):
         v = getattr(args, name)
-        low = 0 if name in ("supervised_steps", "num_train", "num_test") else 1
+        low = 0 if name in ("supervised_steps", "num_train", "num_test", "workers") else 1
         if v is not None and v < low:
-            raise SystemExit(f"{prog}: error: --{name.replace('_', '-')} must be >= {low}, got {v}")
+            raise UsageError(f"{prog}: error: --{name.replace('_', '-')} must be >= {low}, got {v}")
+    check_finite(prog, "--ridge", args.ridge, low=0.0)
+    device = check_device(prog, args.device)
+    if args.out:  # checked now, not after the whole evaluation
+        check_output_dir(prog, "--out", args.out)
     from fastlmk.checkpoint import load_detector, resolve_checkpoint
     from fastlmk.data import build_dataset
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         ckpt = Path(resolve_checkpoint(str(ckpt)))
         detector, config = load_detector(str(ckpt), map_location=device)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+        raise UsageError(f"{prog}: error: {e}") from None
     detector.to(device)
     size = detector_image_size(detector, config)
 
@@ -578,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = args.dataset or _config_get(config, "eval_dataset") or (
         "mafl" if trained_on in ("celeba", "mafl") else trained_on if trained_on in DATASETS else "synth")
     if dataset not in DATASETS:
-        raise SystemExit(f"{prog}: error: the checkpoint's eval_dataset {dataset!r} is not one of {DATASETS}; "
+        raise UsageError(f"{prog}: error: the checkpoint's eval_dataset {dataset!r} is not one of {DATASETS}; "
                          f"pass --dataset")
     root = args.data_root or (_config_get(config, "data_root") or None if dataset != "synth" else None)
     try:
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         train_set = build_dataset(dataset, root=root, split="train", size=size, **kw)
         test_set = build_dataset(dataset, root=root, split=args.split, size=size, **kw)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+        raise UsageError(f"{prog}: error: {e}") from None
     # sizes: --num-train/--num-test; else all images of a real data set (the published protocol),
     # and the run's eval_train_size/eval_test_size for SynthFaces (20k/2k images by default); 0 = all
     sized = dataset == "synth"
@@ -599,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     if n_test:
         test_set = torch.utils.data.Subset(test_set, range(min(int(n_test), len(test_set))))
     out = Path(args.out) if args.out else _default_run_dir(ckpt) / f"eval_{dataset}"
+    check_output_dir(prog, "--out", out)
     sup_cfg = supervised_config_from(detector, config, args.supervised_temperature or None)
     sup_cfg["batch_size"] = args.supervised_batch_size
     print(f"{prog}: {ckpt} on {dataset} ({len(train_set)} train / {len(test_set)} test images, "
@@ -617,4 +623,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

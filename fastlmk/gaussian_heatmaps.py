@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastlmk import _backends, _checks, reference
+from fastlmk._cpp import acc_dtype
 
 _OP = "gaussian_heatmaps"
+
+
+def inv_two_var(std: float, dtype: torch.dtype) -> float:
+    """The kernels' scale a = 1 / (2 std^2), capped at 1/8 of the accumulation dtype's largest
+    value: for std below ~1e-19 (float32) it would overflow to inf, and 0 * inf at a point on a
+    pixel centre gave NaN (the cap changes only exponents of pixels closer than ~1e-19 to the
+    point; the backward's 2a stays finite)."""
+    return min(0.5 / std / std, torch.finfo(acc_dtype(dtype)).max / 8)
 
 
 def _forward(points, height, width, std, backend):
     B, K, _ = points.shape
     out = _backends.kernels(backend).gaussian_heatmaps_forward(
-        points.reshape(B * K, 2), height, width, 1.0 / (2.0 * std * std))
+        points.reshape(B * K, 2), height, width, inv_two_var(std, points.dtype))
     return out.view(B, K, height, width)
 
 
 def _backward(grad, points, std, backend):
     B, K, H, W = grad.shape
     g = _backends.kernels(backend).gaussian_heatmaps_backward(
-        grad.contiguous().view(B * K, H, W), points.reshape(B * K, 2), 1.0 / (2.0 * std * std))
+        grad.contiguous().view(B * K, H, W), points.reshape(B * K, 2), inv_two_var(std, points.dtype))
     return g.view(B, K, 2)
 
 
@@ -66,6 +76,7 @@ class _GaussianHeatmapsFn(torch.autograd.Function):
         return _forward(points, height, width, std, backend)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
     def backward(ctx, grad):
         (points,) = ctx.saved_tensors
         return _backward(grad, points, *ctx.args), None, None, None, None
@@ -93,6 +104,9 @@ def gaussian_heatmaps(points: torch.Tensor, height: int, width: int, std: float,
 
     Backward: :math:`\partial L/\partial x_k = \sum_{ij} \bar G_{k,ij} G_{k,ij} (g^x_j - x_k)/\sigma^2`
     (same for y); the kernels recompute :math:`G` and read the incoming gradient once.
+
+    The kernels' backward is once-differentiable: a double backward through them (a gradient
+    penalty, ``create_graph=True`` then ``backward``) raises; ``backend="reference"`` supports it.
     """
     _checks.tensor(_OP, "points", points, ndim=3, last=2)
     height = _checks.positive_int(_OP, "height", height)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastlmk import _backends, _checks, reference
-from fastlmk._cpp import acc_dtype
+from fastlmk._cpp import acc_dtype, soft_argmax_stats_width
 
 _OP = "soft_argmax"
 MODES = ("spatial", "marginal")  # the ``mode`` argument
@@ -35,7 +36,8 @@ def _soft_argmax_op(heatmaps: torch.Tensor, temperature: float, marginal: bool, 
 @_soft_argmax_op.register_fake
 def _(heatmaps, temperature, marginal, backend):
     B, K = heatmaps.shape[:2]
-    return heatmaps.new_empty(B, K, 2), heatmaps.new_empty(B, K, 2, dtype=acc_dtype(heatmaps.dtype))
+    return heatmaps.new_empty(B, K, 2), heatmaps.new_empty(B, K, soft_argmax_stats_width(marginal),
+                                                          dtype=acc_dtype(heatmaps.dtype))
 
 
 @torch.library.custom_op("fastlmk::soft_argmax_backward", mutates_args=())
@@ -74,6 +76,7 @@ class _SoftArgmaxFn(torch.autograd.Function):
         return points
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
     def backward(ctx, grad_points):
         heatmaps, stats, points = ctx.saved_tensors
         return _backward(grad_points, heatmaps, stats, points, *ctx.args), None, None, None
@@ -103,6 +106,9 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "s
     (g^y_i - y)\,\bar y)` with :math:`(\bar x, \bar y)` the incoming gradient; the kernels save
     only the per-map log-sum-exp and recompute :math:`p`. Marginal:
     :math:`\partial L/\partial l_{ij} = \frac{1}{HT} q_j (g^x_j - x)\bar x + \frac{1}{WT} r_i (g^y_i - y)\bar y`.
+
+    The kernels' backward is once-differentiable: a double backward through them (a gradient
+    penalty, ``create_graph=True`` then ``backward``) raises; ``backend="reference"`` supports it.
     """
     _checks.tensor(_OP, "heatmaps", heatmaps, ndim=4)
     temperature = _checks.positive_float(_OP, "temperature", temperature)

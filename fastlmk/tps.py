@@ -121,12 +121,16 @@ def tps_fit(src_points: torch.Tensor, dst_points: torch.Tensor, regularization: 
     B, N = dst.shape[:2]
     L = _system(src, regularization)  # (Bc, N+3, N+3)
     rhs = torch.cat([dst, dst.new_zeros(B, 3, 2)], dim=1)  # (B, N+3, 2)
-    if L.shape[0] == 1 and B > 1:
-        # one factorisation for the whole batch: solve against (N+3, 2B)
-        coef = torch.linalg.solve(L[0], rhs.permute(1, 0, 2).reshape(N + 3, 2 * B))
-        coef = coef.reshape(N + 3, B, 2).permute(1, 0, 2).contiguous()
-    else:
-        coef = torch.linalg.solve(L, rhs)
+    try:
+        if L.shape[0] == 1 and B > 1:
+            # one factorisation for the whole batch: solve against (N+3, 2B)
+            coef = torch.linalg.solve(L[0], rhs.permute(1, 0, 2).reshape(N + 3, 2 * B))
+            coef = coef.reshape(N + 3, B, 2).permute(1, 0, 2).contiguous()
+        else:
+            coef = torch.linalg.solve(L, rhs)
+    except torch.linalg.LinAlgError:
+        raise ValueError("fastlmk.tps_fit: the TPS system is singular: src_points are collinear or repeated "
+                         "(they must span the plane; a regularization > 0 does not help with collinear points)") from None
     return TPS(src, coef)
 
 
@@ -165,8 +169,15 @@ def random_tps(batch: int, grid_size: int = 10, rotation_std: float = 5.0, scale
     drawn on the generator's device (CPU by default) and moved to ``device``.
     """
     _checks.positive_int("random_tps", "batch", batch) if batch != 0 else None
+    _checks.positive_int("random_tps", "grid_size", grid_size)
     if grid_size < 2:
         raise ValueError(f"fastlmk.random_tps: grid_size must be >= 2, got {grid_size}")
+    for name, v in (("rotation_std", rotation_std), ("scale_std", scale_std), ("translation_std", translation_std),
+                    ("warp_std", warp_std), ("extra_warp_prob", extra_warp_prob)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"fastlmk.random_tps: {name} must be a finite number >= 0, got {v!r}")
+    if len(extra_warp_std) != 2 or not all(math.isfinite(v) and v >= 0 for v in extra_warp_std):
+        raise ValueError(f"fastlmk.random_tps: extra_warp_std must be (low, high), finite and >= 0, got {extra_warp_std!r}")
     gdev = generator.device if generator is not None else torch.device("cpu")
     kw = dict(generator=generator, device=gdev, dtype=torch.float64)
     ctrl = lattice(grid_size, gdev, torch.float64)  # (1, N, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastlmk import _backends, _checks, reference
 from fastlmk.tps import TPS, check_tps
@@ -65,6 +66,7 @@ class _TpsPointsFn(torch.autograd.Function):
         return _forward(points, ctrl, coef, backend)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
     def backward(ctx, grad):
         points, ctrl, coef = ctx.saved_tensors
         need_points, _, need_coef = ctx.needs_input_grad[:3]
@@ -87,8 +89,11 @@ def tps_transform_points(points: torch.Tensor, tps: TPS, backend: str = "auto") 
     :math:`J_f = [a_x\ a_y] + \sum_i w_i\, \nabla U_i^\top`,
     :math:`\nabla U_i = 2 (p - c_i)(\log\lVert p - c_i\rVert^2 + 1)` (0 at :math:`c_i`);
     :math:`\partial L/\partial \text{coef}_{k} = \sum_m \phi_k(p_m)\, \bar o_m`. Control points
-    are constants. Note that to move landmarks *with* an image warped by ``tps_warp`` one needs
+    are constants on every backend (no gradient; a warning if ``tps.ctrl`` requires grad). Note that to move landmarks *with* an image warped by ``tps_warp`` one needs
     the inverse map (the warp samples at f(p)); ``tps_fit`` of the swapped pairs gives it.
+
+    The kernels' backward is once-differentiable: a double backward through them (a gradient
+    penalty, ``create_graph=True`` then ``backward``) raises; ``backend="reference"`` supports it.
     """
     _checks.tensor(_OP, "points", points, ndim=3, last=2)
     check_tps(_OP, tps)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from torch.autograd.function import once_differentiable
 
 from fastlmk import _backends, _checks, reference
 from fastlmk._cpp import acc_dtype
@@ -67,6 +70,7 @@ class _TpsWarpFn(torch.autograd.Function):
         return _forward(image, ctrl, coef, out_h, out_w, border, backend)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
     def backward(ctx, grad):
         image, ctrl, coef = ctx.saved_tensors
         need_image, _, need_coef = ctx.needs_input_grad[:3]
@@ -75,9 +79,18 @@ class _TpsWarpFn(torch.autograd.Function):
 
 
 def _prepare(op, image_like, tps):
-    """Cast ctrl/coef to the accumulation dtype of the data; broadcast a batch-1 spline."""
+    """Cast ctrl/coef to the accumulation dtype of the data; broadcast a batch-1 spline.
+
+    Control points are constants on every backend (the reference included, so that all agree):
+    a ``ctrl`` that requires grad is detached, with a warning saying so."""
+    ctrl = tps.ctrl
+    if ctrl.requires_grad and torch.is_grad_enabled():
+        warnings.warn(
+            f"fastlmk.{op}: control points carry no gradient (tps.ctrl requires grad, but it is treated "
+            "as a constant on every backend; gradients flow to tps.coef, to the image and to the points). "
+            "Detach tps.ctrl to silence this warning.", UserWarning, stacklevel=3)
     dt = acc_dtype(image_like.dtype)
-    ctrl, coef = tps.ctrl.to(dt), tps.coef.to(dt)
+    ctrl, coef = ctrl.detach().to(dt), tps.coef.to(dt)
     B = image_like.shape[0]
     if coef.shape[0] != B:
         if coef.shape[0] != 1:
@@ -109,7 +122,11 @@ def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", b
     Backward: :math:`\partial L/\partial \text{image}` scatters each output gradient to its four
     bilinear taps; :math:`\partial L/\partial \text{coef}_{b,k} = \sum_p \phi_k(p)\,
     \partial L/\partial s_b(p)` with :math:`\phi(p) = [U(\lVert p - c_i\rVert)\ldots, 1, x, y]` and
-    :math:`s = f(p)` the sample position. Control points are constants (no gradient).
+    :math:`s = f(p)` the sample position. Control points are constants on every backend: no
+    gradient, and a warning if ``tps.ctrl`` requires grad.
+
+    The kernels' backward is once-differentiable: a double backward through them (a gradient
+    penalty, ``create_graph=True`` then ``backward``) raises; ``backend="reference"`` supports it.
     """
     _checks.tensor(_OP, "image", image, ndim=4)
     check_tps(_OP, tps)
@@ -118,10 +135,11 @@ def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", b
     if size is None:
         out_h, out_w = image.shape[-2:]
     else:
-        if len(size) != 2:
+        if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
             raise ValueError(f"fastlmk.tps_warp: size must be (H_out, W_out), got {size!r}")
-        out_h = _checks.positive_int(_OP, "size[0]", int(size[0]))
-        out_w = _checks.positive_int(_OP, "size[1]", int(size[1]))
+        # ints only: (5.7, 5) used to be truncated silently
+        out_h = _checks.positive_int(_OP, "size[0]", size[0])
+        out_w = _checks.positive_int(_OP, "size[1]", size[1])
     if image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"fastlmk.tps_warp: image must have H, W >= 1, got {tuple(image.shape)}")
     ctrl, coef = _prepare(_OP, image, tps)

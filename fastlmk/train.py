@@ -124,6 +124,98 @@ def auto_threads() -> int:
     return max(1, min(cores, cores - int(round(busy))))
 
 
+# --------------------------------------------------------------------------------------------
+# run directories: a new run never writes into an existing directory; resuming writes only
+# into a run directory that fastlmk made
+# --------------------------------------------------------------------------------------------
+RUN_MARKER = "fastlmk_run.json"  # written into every run directory fastlmk creates
+
+
+def _is_run_dir(path: str) -> bool:
+    """A directory fastlmk made: it has the marker (or, for runs made before the marker existed,
+    both config.json and checkpoints/)."""
+    return os.path.isfile(os.path.join(path, RUN_MARKER)) or (
+        os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def _run_dir_of(checkpoint: str) -> str | None:
+    """The run directory of a checkpoint ``<run>/checkpoints/step_*.pt``, or None when the file
+    lies anywhere else (the user's own folder: never written into)."""
+    p = os.path.abspath(checkpoint)
+    folder, name = os.path.split(p)
+    if os.path.basename(folder) != "checkpoints" or not (name.startswith("step_") and name.endswith(".pt")):
+        return None
+    run = os.path.dirname(folder)
+    return run if _is_run_dir(run) else None
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """--out-dir must be (or be creatable as) a writable directory: checked before anything is written."""
+    path = os.path.abspath(out_dir or ".")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out-dir {out_dir}: exists and is not a directory")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"--out-dir {out_dir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out-dir {out_dir}: {probe} is not writable")
+
+
+def _plan_run_dir(cfg: TrainConfig, state: dict | None) -> tuple[str, bool]:
+    """-> (run directory, whether it exists already and is continued). Raises ValueError (before
+    anything is written) for an existing --run-name of a new run."""
+    if state is not None:
+        run = _run_dir_of(state["path"])
+        if run is not None:
+            return run, True
+        print(f"note: {state['path']} is not inside a fastlmk run directory (<run>/checkpoints/step_*.pt); "
+              "continuing in a new run directory, nothing is written next to the checkpoint", flush=True)
+    _check_out_dir(cfg.out_dir)
+    if cfg.run_name:
+        run = os.path.join(cfg.out_dir, cfg.run_name)
+        if os.path.exists(run):
+            if state is None:
+                raise ValueError(f"--run-name {cfg.run_name}: {run} already exists; continue that run with "
+                                 f"--resume {run}, or choose another --run-name")
+            return _default_run_dir(cfg), False
+        return run, False
+    return _default_run_dir(cfg), False
+
+
+def _default_run_dir(cfg: TrainConfig) -> str:
+    return os.path.join(cfg.out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.method}")
+
+
+def _create_run_dir(run_dir: str, unique: bool) -> str:
+    """mkdir the run directory atomically (never one that exists); ``unique``: on a clash (two
+    runs started in the same second) take the next free ``<name>-2``, ``-3``, ..."""
+    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+    base, n = run_dir, 1
+    while True:
+        try:
+            os.mkdir(run_dir)
+            break
+        except FileExistsError:
+            if not unique:
+                raise ValueError(f"run directory {run_dir} already exists (created by another process?); "
+                                 "choose another --run-name") from None
+            n += 1
+            run_dir = f"{base}-{n}"
+    with open(os.path.join(run_dir, RUN_MARKER), "w") as f:
+        json.dump({"format": "fastlmk-run", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+    return run_dir
+
+
+def _check_finite_weights(model, step: int) -> None:
+    """Never save non-finite weights as if they were a result."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise FloatingPointError(f"the weights are not finite after step {step} ({name}); not saving them. "
+                                     "Earlier checkpoints are kept; lower --lr or check the data and config")
+
+
 def _fmt_time(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -138,6 +230,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     Returns a summary dict: run_dir, step, history (list of logged rows), eval (dict or None),
     stopped ("" or why training stopped early), model (the trained LandmarkAutoencoder)."""
     # ---- distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK) ----
+    validate(cfg)  # every user error is reported before anything is created or written
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     ddp = world > 1
@@ -165,6 +258,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if cfg.perceptual == "auto":
         cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
     validate(cfg)
+    run_dir, continued = _plan_run_dir(cfg, state) if master else ("", state is not None)
 
     # ---- data: images from the data set, pairs made on the training device ----
     from fastlmk.data import TPSPairs, build_dataset  # noqa: PLC0415 (the data package is heavy to import)
@@ -226,21 +320,19 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                                   persistent_workers=False)
             epoch, skip = epoch + 1, 0
 
-    # ---- run directory (rank 0 writes everything) ----
-    if state is not None:
-        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(state["path"])))
-    else:
-        name = cfg.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.method}"
-        run_dir = os.path.join(cfg.out_dir, name)
+    # ---- run directory (rank 0 writes everything; planned and checked above) ----
     viz = _optional("fastlmk.viz") if master else None
     tb = None
     if master:
+        if not continued:
+            run_dir = _create_run_dir(run_dir, unique=not (cfg.run_name and state is None))
+        ckpt_io.clean_temp_files(run_dir)
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         log_path = os.path.join(run_dir, "log.csv")
         log_fields = ["step", "loss", "mse", "perceptual", "equivariance", "separation", "lr", "images_per_s", "elapsed_s"]
-        if state is None or not os.path.exists(log_path):
+        if not continued or not os.path.exists(log_path):
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerow(log_fields)
         else:  # drop rows logged after the checkpoint we continue from
@@ -265,6 +357,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     def save(at_step):
         """All ranks call it (RNG states are gathered); rank 0 writes."""
+        _check_finite_weights(core, at_step)
         rng = _rng_state(gen_pairs, gen_aux)
         if ddp:
             every = [None] * world
@@ -456,9 +549,10 @@ def main(argv=None) -> int:
     if resume:  # continue with the checkpoint's config, changed only by the keys given
         from fastlmk.config import apply_overrides
 
-        state = ckpt_io.load_checkpoint(resume)
+        state = ckpt_io.load_checkpoint(resume, fallback=True)
         base = apply_overrides(TrainConfig(), state["config"], where=state["path"])
-        cfg, resume = parse_args(argv, cuda=cuda, base=base)
+        cfg, _ = parse_args(argv, cuda=cuda, base=base)
+        resume = state["path"]  # the checkpoint actually loaded (a run directory's newest loadable one)
     old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if _is_main_thread() else None
     try:
         result = train(cfg, resume=resume)
@@ -480,3 +574,6 @@ if __name__ == "__main__":
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (FloatingPointError, OSError) as e:  # a fault (NaN weights, disk full): earlier checkpoints stay
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -75,15 +75,17 @@ inline float fast_log(float x) {
 }
 inline double fast_log(double x) { return std::log(x); }
 
-// Thin-plate radial basis U(r) = r^2 log r^2 written in s = r^2: U = s log s, U(0) = 0.
+// Thin-plate radial basis U(r) = r^2 log r^2 written in s = r^2: U = s log s, U(0) = 0. s is a
+// squared distance (>= 0 or NaN): "s > 0 ? .. : s" gives 0 at s = 0 and keeps a NaN (a NaN control
+// point must give a NaN spline, as in the reference, not the affine part alone).
 template <typename T>
 inline T tps_u(T s) {
-  return s > T(0) ? s * fast_log(s) : T(0);
+  return s > T(0) ? s * fast_log(s) : s;
 }
-// dU/ds = log s + 1; the caller multiplies by ds/dp = 2 (p - c), which is 0 at s = 0.
+// dU/ds = log s + 1; the caller multiplies by ds/dp = 2 (p - c), which is 0 at s = 0. NaN stays NaN.
 template <typename T>
 inline T tps_du_ds(T s) {
-  return s > T(0) ? fast_log(s) + T(1) : T(0);
+  return s > T(0) ? fast_log(s) + T(1) : s;
 }
 
 // Sum of v[0..n) for a short row. GCC vectorises a plain reduction only under -ffast-math, and

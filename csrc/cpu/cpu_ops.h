@@ -8,9 +8,9 @@
 namespace fastlmk {
 namespace cpu {
 
-// logits[M, H, W] -> points[M, 2] (x, y), stats[M, 2]: spatial (max of logits * inv_temperature,
-// log of the shifted sum), marginal (lse of the column-mean and row-mean softmaxes). The stats are
-// private to the backend: only its own backward reads them.
+// logits[M, H, W] -> points[M, 2] (x, y), stats[M, 2] spatial: (max logit, log sum exp((l - max)
+// inv_temperature)); stats[M, 4] marginal: the same pair for the column-mean softmax, then for the
+// row-mean softmax. The stats are private to the backend: only its own backward reads them.
 void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M,
                          int64_t H, int64_t W, double inv_temperature, bool marginal, int num_threads);
 // grad_points[M, 2], logits, stats, points (from the forward) -> grad_logits[M, H, W] (written).

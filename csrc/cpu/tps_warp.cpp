@@ -23,7 +23,8 @@
 // border: ix is first clamped to [0, Win-1]; like PyTorch, the clamp has zero derivative outside
 // and AT the borders (ix <= 0 or ix >= Win-1). zeros: ix is clamped to [-2, Win+1], which changes
 // nothing (all taps are outside beyond -1 / Win) but keeps floor() in int range; a NaN sample
-// point gets in-range taps and NaN weights, so its output is NaN like grid_sample's.
+// point gets in-range taps and NaN weights, so its output is NaN like grid_sample's (border: the
+// border pixel 0, like grid_sample's).
 // Backward, g = dL/dout[b, :, p], v_t = image value at tap t (0 outside):
 //   dL/dimage[b, c, tap t] += w_t g_c                                    (scatter)
 //   dL/dix = sum_c g_c ((1-fy)(v01 - v00) + fy (v11 - v10)),  dL/dsx = dL/dix (Win-1)/2 [mask]
@@ -143,7 +144,9 @@ inline void axis(T sv, T half, int64_t size, int32_t& c0, int32_t& c1, T& frac, 
     v = v < hi + T(2) ? v : hi + T(2);
   }
   const T f0 = std::floor(v);
-  frac = sv == sv ? v - f0 : sv;  // a NaN sample point gives NaN weights (as grid_sample does)
+  // zeros: a NaN sample point gets NaN weights, so a NaN sample (as grid_sample); border: the clamp
+  // took NaN to pixel 0, which is sampled with weight 1 (grid_sample clips NaN to 0 as well)
+  frac = (Border || sv == sv) ? v - f0 : sv;
   const int32_t i0 = static_cast<int32_t>(f0);
   const int32_t i1 = i0 + 1;
   const int32_t last = static_cast<int32_t>(size - 1);
@@ -182,6 +185,13 @@ inline void tile_taps(const Geometry& g, Scratch<T>& s) {
   }
 }
 
+// The value of a tap: the (clamped-index) pixel if the tap is inside, else 0. A select, not
+// inside * value: an inf or NaN border pixel must not leak 0 * inf = NaN into the padding.
+template <typename T>
+inline T tap(T inside, T value) {
+  return inside != T(0) ? value : T(0);
+}
+
 // out[b, :, tile] from the taps.
 template <typename T>
 inline void tile_sample(const Geometry& g, const T* __restrict img_b, T* __restrict out_b, int64_t p0, int64_t n,
@@ -192,7 +202,8 @@ inline void tile_sample(const Geometry& g, const T* __restrict img_b, T* __restr
     T* __restrict o = out_b + c * P + p0;
 #pragma omp simd
     for (int64_t p = 0; p < n; ++p)
-      o[p] = s.w00[p] * im[s.i00[p]] + s.w01[p] * im[s.i01[p]] + s.w10[p] * im[s.i10[p]] + s.w11[p] * im[s.i11[p]];
+      o[p] = s.w00[p] * tap(s.m00[p], im[s.i00[p]]) + s.w01[p] * tap(s.m01[p], im[s.i01[p]]) +
+             s.w10[p] * tap(s.m10[p], im[s.i10[p]]) + s.w11[p] * tap(s.m11[p], im[s.i11[p]]);
   }
 }
 
@@ -236,8 +247,8 @@ inline void tile_backward(const Geometry& g, const Ptrs<T>& ptr, int64_t b, int6
     const T* __restrict go = go_b + c * P;
 #pragma omp simd
     for (int64_t p = 0; p < n; ++p) {
-      const T v00 = s.m00[p] * im[s.i00[p]], v01 = s.m01[p] * im[s.i01[p]];
-      const T v10 = s.m10[p] * im[s.i10[p]], v11 = s.m11[p] * im[s.i11[p]];
+      const T v00 = tap(s.m00[p], im[s.i00[p]]), v01 = tap(s.m01[p], im[s.i01[p]]);
+      const T v10 = tap(s.m10[p], im[s.i10[p]]), v11 = tap(s.m11[p], im[s.i11[p]]);
       const T fx = s.fx[p], fy = s.fy[p], gv = go[p];
       dix[p] += gv * ((T(1) - fy) * (v01 - v00) + fy * (v11 - v10));
       diy[p] += gv * ((T(1) - fx) * (v10 - v00) + fx * (v11 - v01));

@@ -96,15 +96,16 @@ template <typename A> struct Consts {
   static constexpr A log2e = A(1.44269504088896340735992468100189214);
   static constexpr A tiny = std::numeric_limits<A>::min();  // smallest normal, as torch.finfo.tiny
   static constexpr A inf = std::numeric_limits<A>::infinity();
+  static constexpr A nan = std::numeric_limits<A>::quiet_NaN();
 };
 
 // Thin-plate radial basis divided by ln 2: U(s) / ln2 = s log2 s with s = r^2, 0 at s = 0
 // (computed as s log2(max(s, tiny)), like the reference's s log(clamp_min(s, tiny))). Callers
-// multiply their sums by ln 2 once.
+// multiply their sums by ln 2 once. A NaN s (a NaN control point) stays NaN: s * anything.
 template <typename A> __device__ __forceinline__ A tps_u_log2(A s) { return s * log2_(max_(s, Consts<A>::tiny)); }
-// dU/ds = ln s + 1 (0 at s = 0, where the factor ds/dp = 2 (p - c) is 0 as well)
+// dU/ds = ln s + 1 (0 at s = 0, where the factor ds/dp = 2 (p - c) is 0 as well; NaN stays NaN)
 template <typename A> __device__ __forceinline__ A tps_du_ds(A s) {
-  return s > A(0) ? Consts<A>::ln2 * log2_(s) + A(1) : A(0);
+  return s > A(0) ? Consts<A>::ln2 * log2_(s) + A(1) : s;
 }
 
 // Normalised coordinate of pixel j on an axis of n pixels (align_corners=True): -1 ... +1, 0 when

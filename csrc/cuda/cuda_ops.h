@@ -16,10 +16,10 @@
 namespace fastlmk {
 namespace cuda {
 
-// logits[M, H, W] -> points[M, 2] (x, y), stats[M, 2] (acc_t, private to this backend). spatial:
-// stats = (max of t, log2 of sum 2^(t - max)) with t = logits * inv_temperature * log2(e), kept apart
+// logits[M, H, W] -> points[M, 2] (x, y), stats[M, 2|4] (acc_t, private to this backend). spatial:
+// stats = (max logit, log2 of sum 2^((l - max) c)) with c = inv_temperature * log2(e), kept apart
 // so the backward's p is exact for huge logits. marginal: softmaxes of the column means (over W,
-// gives x) and of the row means (over H, gives y); stats = (lse_x, lse_y).
+// gives x) and of the row means (over H, gives y); stats = the same pair for each, columns first.
 // One block (maps >= 2K elements) or one warp per map; the logits are read once.
 void soft_argmax_forward(int dtype, const void* logits, void* points, void* stats, int64_t M, int64_t H,
                          int64_t W, double inv_temperature, bool marginal, void* stream);

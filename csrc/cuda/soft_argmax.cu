@@ -5,16 +5,20 @@
 //
 // spatial:  p = softmax(l * inv_t) over all H*W pixels, x = sum p gx, y = sum p gy.
 //   forward: each thread streams its elements once (4 loads in flight), keeping an online
-//     (max, sum e, sum e gx, sum e gy) in base 2 (t = l * inv_t * log2 e); the group merges the
-//     partial states (shuffles, then shared memory across warps). stats = (max t, log2 sum 2^(t - max)):
-//     kept apart, not summed into one lse, whose float32 rounding (~0.01 at |t| ~ 1e5) would bias p.
+//     (max l, sum e, sum e gx, sum e gy) in base 2 (e = 2^((l - max) c), c = inv_t * log2 e); the
+//     group merges the partial states (shuffles, then shared memory across warps).
+//     stats = (max l, log2 sum e): kept apart, not summed into one lse, whose float32 rounding
+//     (~0.01 at |l inv_t| ~ 1e5) would bias p.
 //   backward: elementwise, dL/dl_ij = inv_t p_ij ((gx_j - x) gpx + (gy_i - y) gpy), p recomputed
-//     from the saved (max, log-sum) as 2^((t - max) - log2 s).
+//     from the saved (max, log-sum) as 2^((l - max) c - log2 s).
+// Every exponent is formed as (l - max) * c (scaled_diff), never as l * c - max * c, which the
+// compiler contracts into an FMA that keeps the product's rounding error (up to half an ulp of
+// |l c|, 512 at 1e10): huge logits or tiny temperatures then lost the peak.
 // marginal (IMM): colmean_j = mean_i l_ij, rowmean_i = mean_j l_ij,
 //   q = softmax(colmean * inv_t) (W), r = softmax(rowmean * inv_t) (H), x = sum q gx, y = sum r gy.
 //   forward: each warp of the group sums whole rows (coalesced; warp reduction), then each thread
 //     sums whole columns (coalesced across threads; these re-reads hit L1/L2), both feeding online
-//     softmax states. stats = (lse_x, lse_y).
+//     softmax states. stats = (max, log2-sum) of the column softmax, then of the row softmax.
 //   backward: dL/dl_ij = inv_t/H q_j (gx_j - x) gpx + inv_t/W r_i (gy_i - y) gpy: the row terms
 //     go to shared memory (or, for very tall maps, are written into grad_logits first), then the
 //     column owner writes (or adds) the column term.
@@ -28,42 +32,48 @@ namespace {
 constexpr const char* kOp = "soft_argmax";
 constexpr int kUnroll = 4;
 
-// exp2(a - m) for the online softmax, where m >= a; 0 for a = -inf (also when m = -inf).
-template <typename A> __device__ __forceinline__ A exp2_shift(A a, A m) {
-  return a == -Consts<A>::inf ? A(0) : exp2_(a - m);
+// (a - m) * c for m >= a: exactly 0 at the maximum, also for an infinite c.
+template <typename A> __device__ __forceinline__ A scaled_diff(A a, A m, A c) {
+  const A d = a - m;
+  return d == A(0) ? A(0) : d * c;
+}
+
+// 2^((a - m) c) for the online softmax, where m >= a; 0 for a = -inf (also when m = -inf).
+template <typename A> __device__ __forceinline__ A exp2_shift(A a, A m, A c) {
+  return a == -Consts<A>::inf ? A(0) : exp2_(scaled_diff(a, m, c));
 }
 
 // Merge the online-softmax state (m, s, w1, w2) with (m2, s2, v1, v2): both rescaled to the
 // larger max. An empty state has m = -inf and zero sums.
 template <typename A>
-__device__ __forceinline__ void merge_state(A& m, A& s, A& w1, A& w2, A m2, A s2, A v1, A v2) {
+__device__ __forceinline__ void merge_state(A& m, A& s, A& w1, A& w2, A m2, A s2, A v1, A v2, A c) {
   const A mn = max_(m, m2);
-  const A a = exp2_shift(m, mn), b = exp2_shift(m2, mn);
+  const A a = exp2_shift(m, mn, c), b = exp2_shift(m2, mn, c);
   s = s * a + s2 * b;
   w1 = w1 * a + v1 * b;
   w2 = w2 * a + v2 * b;
   m = mn;
 }
 
-// Add one element t (base-2 scaled logit) with weights g1, g2 to the state.
+// Add one element t (a logit) with weights g1, g2 to the state.
 template <typename A>
-__device__ __forceinline__ void push_state(A& m, A& s, A& w1, A& w2, A t, A g1, A g2) {
+__device__ __forceinline__ void push_state(A& m, A& s, A& w1, A& w2, A t, A g1, A g2, A c) {
   const A mn = max_(m, t);
-  const A a = exp2_shift(m, mn), e = exp2_shift(t, mn);
+  const A a = exp2_shift(m, mn, c), e = exp2_shift(t, mn, c);
   s = s * a + e;
   w1 = w1 * a + e * g1;
   w2 = w2 * a + e * g2;
   m = mn;
 }
 
-template <typename A> __device__ __forceinline__ void warp_merge(A& m, A& s, A& w1, A& w2) {
+template <typename A> __device__ __forceinline__ void warp_merge(A& m, A& s, A& w1, A& w2, A c) {
 #pragma unroll
   for (int o = kWarp / 2; o > 0; o >>= 1) {
     const A m2 = __shfl_xor_sync(0xffffffffu, m, o);
     const A s2 = __shfl_xor_sync(0xffffffffu, s, o);
     const A v1 = __shfl_xor_sync(0xffffffffu, w1, o);
     const A v2 = __shfl_xor_sync(0xffffffffu, w2, o);
-    merge_state(m, s, w1, w2, m2, s2, v1, v2);
+    merge_state(m, s, w1, w2, m2, s2, v1, v2, c);
   }
 }
 
@@ -92,7 +102,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int ku = k + u * TPM;
-        t[u] = ku < n ? ld(lm + ku) * c : -Consts<A>::inf;
+        t[u] = ku < n ? ld(lm + ku) : -Consts<A>::inf;
         px[u] = ax(j);
         py[u] = ay(i);
         j += dj;
@@ -103,13 +113,13 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       const A mn = max_(mx, max_(max_(t[0], t[1]), max_(t[2], t[3])));
-      const A a = exp2_shift(mx, mn);
+      const A a = exp2_shift(mx, mn, c);
       s *= a;
       sx *= a;
       sy *= a;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const A e = exp2_shift(t[u], mn);
+        const A e = exp2_shift(t[u], mn, c);
         s += e;
         sx += e * px[u];
         sy += e * py[u];
@@ -117,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
       mx = mn;
     }
   }
-  warp_merge(mx, s, sx, sy);  // all 32 lanes of a warp belong to the same map
+  warp_merge(mx, s, sx, sy, c);  // all 32 lanes of a warp belong to the same map
   if constexpr (NW > 1) {
     const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
     if (lane == 0) {
@@ -130,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
     if (r == 0) {
       for (int w = 1; w < NW; ++w) {
         const int q = warp + w;  // warp == grp * NW here
-        merge_state(mx, s, sx, sy, red[q][0], red[q][1], red[q][2], red[q][3]);
+        merge_state(mx, s, sx, sy, red[q][0], red[q][1], red[q][2], red[q][3], c);
       }
     }
   }
@@ -157,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n = H * W;
   const T* __restrict__ lm = logits + m * n;
   T* __restrict__ gm = grad_logits + m * n;
-  const A mx2 = stats[2 * m], log2s = stats[2 * m + 1];
+  const A mx = stats[2 * m], log2s = stats[2 * m + 1];
   const A gpx = ld(grad_points + 2 * m) * inv_t, gpy = ld(grad_points + 2 * m + 1) * inv_t;
   const A x = ld(points + 2 * m), y = ld(points + 2 * m + 1);
   int i = r / W, j = r - (r / W) * W;
@@ -179,7 +189,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ku = k + u * TPM;
-      if (ku < n) st(gm + ku, exp2_((l[u] * c - mx2) - log2s) * wgt[u]);
+      if (ku < n) st(gm + ku, exp2_(scaled_diff(l[u], mx, c) - log2s) * wgt[u]);
     }
   }
 }
@@ -210,18 +220,18 @@ __global__ void __launch_bounds__(kThreads)
       A rs = 0;
       for (int j = lane; j < W; j += kWarp) rs += ld(row + j);
       rs = warp_sum(rs);  // uniform across the warp: same map, same row
-      push_state(mr, sr, sry, ury, rs / A(W) * c, ay(i), A(0));
+      push_state(mr, sr, sry, ury, rs / A(W), ay(i), A(0), c);
     }
     // columns: thread r takes columns r, r + TPM, ...
     for (int j = r; j < W; j += TPM) {
       A cs = 0;
 #pragma unroll 4
       for (int i = 0; i < H; ++i) cs += ld(lm + i * W + j);
-      push_state(mc, sc, scx, ucx, cs / A(H) * c, ax(j), A(0));
+      push_state(mc, sc, scx, ucx, cs / A(H), ax(j), A(0), c);
     }
   }
   // row states are identical across the lanes of a warp: merge them across warps only
-  warp_merge(mc, sc, scx, ucx);
+  warp_merge(mc, sc, scx, ucx, c);
   if constexpr (NW > 1) {
     const int warp = threadIdx.x / kWarp;
     if (lane == 0) {
@@ -236,16 +246,18 @@ __global__ void __launch_bounds__(kThreads)
     if (r == 0) {
       for (int w = 1; w < NW; ++w) {
         const int q = warp + w;
-        merge_state(mc, sc, scx, ucx, red[q][0], red[q][1], red[q][2], A(0));
-        merge_state(mr, sr, sry, ury, red[q][3], red[q][4], red[q][5], A(0));
+        merge_state(mc, sc, scx, ucx, red[q][0], red[q][1], red[q][2], A(0), c);
+        merge_state(mr, sr, sry, ury, red[q][3], red[q][4], red[q][5], A(0), c);
       }
     }
   }
   if (r == 0 && m < M) {
     st(points + 2 * m, scx / sc);
     st(points + 2 * m + 1, sry / sr);
-    stats[2 * m] = (mc + log2_(sc)) * Consts<A>::ln2;
-    stats[2 * m + 1] = (mr + log2_(sr)) * Consts<A>::ln2;
+    stats[4 * m] = mc;
+    stats[4 * m + 1] = log2_(sc);
+    stats[4 * m + 2] = mr;
+    stats[4 * m + 3] = log2_(sr);
   }
 }
 
@@ -269,10 +281,12 @@ __global__ void __launch_bounds__(kThreads)
   const T* __restrict__ lm = logits + (valid ? m : 0) * n;
   T* gm = grad_logits + (valid ? m : 0) * n;
 
-  A lsex2 = 0, lsey2 = 0, gx_scale = 0, gy_scale = 0, x = 0, y = 0;
+  A mc = 0, log2sc = 0, mr = 0, log2sr = 0, gx_scale = 0, gy_scale = 0, x = 0, y = 0;
   if (valid) {
-    lsex2 = stats[2 * m] * Consts<A>::log2e;
-    lsey2 = stats[2 * m + 1] * Consts<A>::log2e;
+    mc = stats[4 * m];
+    log2sc = stats[4 * m + 1];
+    mr = stats[4 * m + 2];
+    log2sr = stats[4 * m + 3];
     gx_scale = ld(grad_points + 2 * m) * inv_t / A(H);
     gy_scale = ld(grad_points + 2 * m + 1) * inv_t / A(W);
     x = ld(points + 2 * m);
@@ -282,7 +296,7 @@ __global__ void __launch_bounds__(kThreads)
       A rs = 0;
       for (int j = lane; j < W; j += kWarp) rs += ld(row + j);
       rs = warp_sum(rs);
-      const A term = gy_scale * exp2_(rs / A(W) * c - lsey2) * (ay(i) - y);
+      const A term = gy_scale * exp2_(scaled_diff(rs / A(W), mr, c) - log2sr) * (ay(i) - y);
       if constexpr (ROWS_IN_SMEM) {
         if (lane == 0) rowterm[i] = term;
       } else {
@@ -296,7 +310,7 @@ __global__ void __launch_bounds__(kThreads)
       A cs = 0;
 #pragma unroll 4
       for (int i = 0; i < H; ++i) cs += ld(lm + i * W + j);
-      const A term = gx_scale * exp2_(cs / A(H) * c - lsex2) * (ax(j) - x);
+      const A term = gx_scale * exp2_(scaled_diff(cs / A(H), mc, c) - log2sc) * (ax(j) - x);
       for (int i = 0; i < H; ++i) {
         T* g = gm + i * W + j;
         if constexpr (ROWS_IN_SMEM) {

@@ -31,15 +31,18 @@ constexpr const char* kOp = "tps_warp";
 
 // Bilinear taps of sampling position (sx, sy) in an H x W image, grid_sample semantics
 // (align_corners=True). Tap (y0 + dy, x0 + dx) is read only when its flag is set; the integer
-// corner is clamped first, so no invalid address is ever formed (NaN or huge positions sample
-// nothing in zeros mode).
+// corner is clamped first, so no invalid address is ever formed (huge positions sample nothing in
+// zeros mode). A NaN position samples NaN in zeros mode and the border pixel 0 in border mode, as
+// grid_sample does.
 template <typename A> struct Bilinear {
   A wx0, wx1, wy0, wy1;  // weights: (x0 + 1 - ix, ix - x0), (y0 + 1 - iy, iy - y0)
   A gmx, gmy;            // d ix / d sx and d iy / d sy, including the border clamp
   int x0, y0;
   bool vx0, vx1, vy0, vy1;
+  bool nan_pt;  // zeros mode and a NaN sample position: the sample is NaN
 
   __device__ __forceinline__ Bilinear(A sx, A sy, int H, int W, bool border) {
+    nan_pt = !border && !(sx == sx && sy == sy);
     const A wm1 = A(W - 1), hm1 = A(H - 1);
     A ix = (sx + A(1)) * A(0.5) * wm1;
     A iy = (sy + A(1)) * A(0.5) * hm1;
@@ -77,7 +80,7 @@ template <typename A> struct Bilinear {
   template <typename T> __device__ __forceinline__ A sample(const T* __restrict__ plane, int W) const {
     A v00, v01, v10, v11;
     taps(plane, W, v00, v01, v10, v11);
-    return v00 * (wx0 * wy0) + v01 * (wx1 * wy0) + v10 * (wx0 * wy1) + v11 * (wx1 * wy1);
+    return nan_pt ? Consts<A>::nan : v00 * (wx0 * wy0) + v01 * (wx1 * wy0) + v10 * (wx0 * wy1) + v11 * (wx1 * wy1);
   }
 };
 

@@ -113,6 +113,9 @@ def relpath(root: Path, p: str) -> Path:
 
 
 def check_size(size) -> int:
+    # an int (not "big" -> a raw int() error, not 64.7 -> truncated silently)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"fastlmk.data: size must be an int, got {type(size).__name__} {size!r}")
     size = int(size)
     if size < 2:
         raise ValueError(f"fastlmk.data: size must be >= 2, got {size}")

@@ -85,15 +85,27 @@ class AFLWZhang(_Resized):
         for key in ("gt", "hw"):
             if key not in mat:
                 raise ValueError(f"fastlmk.data: {mat_path} has no variable {key!r} (found {sorted(k for k in mat if not k.startswith('__'))})")
-        gt = np.asarray(mat["gt"], dtype=np.float64)
-        hw = np.asarray(mat["hw"], dtype=np.float64).reshape(-1, 2)
+        try:  # a cell array, a struct or text instead of numbers: one clear error naming the file
+            gt = np.asarray(mat["gt"], dtype=np.float64)
+            hw = np.asarray(mat["hw"], dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"fastlmk.data: {mat_path}: gt and hw must be numeric arrays ({e})") from None
         if gt.ndim != 3 or gt.shape[1:] != (5, 2):
             raise ValueError(f"fastlmk.data: {mat_path}: gt must be (N, 5, 2), got {gt.shape}")
+        if hw.size % 2 or (hw.ndim == 2 and 2 not in hw.shape):
+            raise ValueError(f"fastlmk.data: {mat_path}: hw must be (N, 2), got {hw.shape}")
+        hw = hw.reshape(-1, 2)
         if not (len(gt) == len(hw) == len(names)):
             raise ValueError(f"fastlmk.data: {mat_path} holds {len(gt)} gt / {len(hw)} hw entries but "
                              f"{list_path} lists {len(names)} images")
         if not (np.isfinite(gt).all() and np.isfinite(hw).all() and (hw > 0).all()):
             raise ValueError(f"fastlmk.data: {mat_path}: non-finite landmarks or non-positive sizes")
+        # landmarks far outside their frame (1e30) are a broken file, not landmarks of 1e28
+        span = np.abs(gt) / hw[:, None, :]  # (N, 5, 2), row/col over height/width
+        if (span > 10).any():
+            i = int(np.argwhere(span > 10)[0][0])
+            raise ValueError(f"fastlmk.data: {mat_path}: entry {i} ({names[i][1]}) has landmarks {gt[i].tolist()} "
+                             f"far outside its {hw[i].tolist()} frame")
         self.files = [_io.relpath(root / "output", name) for _, name in names]
         self.points = gt[:, :, ::-1].copy()  # (row, col) -> (x, y)
         self.frames = hw[:, ::-1].copy()  # (h, w) -> (W, H)

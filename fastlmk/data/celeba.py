@@ -87,6 +87,12 @@ class _Aligned(Dataset):
         for lineno, name in listed:
             if name not in self.landmarks_px:
                 raise ValueError(f"fastlmk.data: {list_path}, line {lineno}: image {name!r} is not in {self.anno_path}")
+            if not exclude:  # the MAFL splits: their eyes normalise the evaluation's errors
+                x1, y1, x2, y2 = self.landmarks_px[name][:4]
+                if (x1, y1) == (x2, y2):
+                    raise ValueError(f"fastlmk.data: {self.anno_path}: image {name!r} (listed in {list_path}, line "
+                                     f"{lineno}) has coinciding eye landmarks ({x1}, {y1}); the inter-ocular "
+                                     "distance that normalises the evaluation would be 0")
         names = {n for _, n in listed}
         if exclude:
             self.names = [n for n in self.landmarks_px if n not in names]

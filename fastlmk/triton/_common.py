@@ -22,16 +22,38 @@ def is_f64(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
 def split_scalar(v: float) -> tuple[float, float]:
     """``v`` as ``hi + lo`` with both exactly representable in float32.
 
     Triton passes Python floats to kernels as float32; a float64 kernel rebuilds the scalar as
     ``float64(hi) + float64(lo)`` (~48 bits), so float64 results do not lose precision to the
     argument passing. float32 kernels use ``hi + lo`` rounded to float32, i.e. ``float32(v)``.
+    Magnitudes above float32's largest finite value are clamped to it: an inverse temperature or
+    1 / (2 std^2) that large makes a hard argmax / a one-pixel map anyway (unclamped, ``hi`` would
+    be inf and ``lo`` NaN).
     """
+    v = max(-_F32_MAX, min(_F32_MAX, float(v)))
     hi = struct.unpack("f", struct.pack("f", v))[0]
     lo = struct.unpack("f", struct.pack("f", v - hi))[0]
     return hi, lo
+
+
+# In-kernel offsets are int32 (program ids, aranges, the size arguments); only the per-map /
+# per-image base offsets are int64. Every host function checks the extents that enter int32
+# arithmetic against this limit (2^31 less a block of slack), as the CPU and CUDA kernels check
+# theirs, so that a huge plane is refused instead of read or written out of bounds.
+INDEX_LIMIT = 2**31 - 2**16
+
+
+def check_index_range(op: str, **extents: int) -> None:
+    """ValueError if an extent (elements addressed with int32 offsets) reaches INDEX_LIMIT."""
+    for name, n in extents.items():
+        if int(n) >= INDEX_LIMIT:
+            raise ValueError(f"fastlmk.{op}: the triton backend addresses {name} = {int(n)} elements with int32 "
+                             f"offsets (limit {INDEX_LIMIT}); split the input or use backend='reference'")
 
 
 def launch(kernel, grid):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from fastlmk import _backends
+from fastlmk.gaussian_heatmaps import inv_two_var
 from fastlmk.triton import gaussian_heatmaps as _gh
 from fastlmk.triton import soft_argmax as _sa
 from fastlmk.triton import tps_transform_points as _tp
@@ -58,7 +59,7 @@ def _nothing(like: torch.Tensor) -> torch.Tensor:
 def _soft_argmax_fake(heatmaps, temperature, marginal):
     B, K = heatmaps.shape[:2]
     return (heatmaps.new_empty(B, K, 2),
-            heatmaps.new_empty(B, K, 2, dtype=acc_dtype(heatmaps.dtype)))
+            heatmaps.new_empty(B, K, 4 if marginal else 2, dtype=acc_dtype(heatmaps.dtype)))
 
 
 @_op("triton_soft_argmax", _soft_argmax_fake)
@@ -108,7 +109,7 @@ def _gaussian_fake(points, height, width, std):
 @_op("triton_gaussian_heatmaps", _gaussian_fake)
 def _gaussian_op(points: torch.Tensor, height: int, width: int, std: float) -> torch.Tensor:
     B, K, _ = points.shape
-    out = _gh.gaussian_heatmaps_forward(points.contiguous().view(B * K, 2), height, width, 1.0 / (2.0 * std * std))
+    out = _gh.gaussian_heatmaps_forward(points.contiguous().view(B * K, 2), height, width, inv_two_var(std, points.dtype))
     return out.view(B, K, height, width)
 
 
@@ -120,7 +121,7 @@ def _gaussian_bwd_fake(grad, points, std):
 def _gaussian_bwd_op(grad: torch.Tensor, points: torch.Tensor, std: float) -> torch.Tensor:
     B, K, H, W = grad.shape
     g = _gh.gaussian_heatmaps_backward(grad.contiguous().view(B * K, H, W), points.contiguous().view(B * K, 2),
-                                       1.0 / (2.0 * std * std))
+                                       inv_two_var(std, points.dtype))
     return g.view(B, K, 2)
 
 

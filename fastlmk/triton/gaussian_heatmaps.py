@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, grid_coord, is_f64, launch, pow2, scalar, split_scalar
+from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
 
 _MAX_BLOCK_W = 128
 _TILE = 2048  # pixels per tile
@@ -87,6 +87,7 @@ def _blocks(H: int, W: int) -> tuple[int, int]:
 def gaussian_heatmaps_forward(points: torch.Tensor, height: int, width: int, inv_two_var: float) -> torch.Tensor:
     """points (M, 2) contiguous -> maps (M, H, W) in the points dtype."""
     M = points.shape[0]
+    check_index_range("gaussian_heatmaps", **{"height * width (one map)": height * width, "M * 2 (points)": M * 2})
     out = torch.empty((M, height, width), dtype=points.dtype, device=points.device)
     bh, bw = _blocks(height, width)
     tiles_w = triton.cdiv(width, bw)
@@ -100,6 +101,7 @@ def gaussian_heatmaps_forward(points: torch.Tensor, height: int, width: int, inv
 def gaussian_heatmaps_backward(grad: torch.Tensor, points: torch.Tensor, inv_two_var: float) -> torch.Tensor:
     """grad (M, H, W) contiguous, points (M, 2) -> grad_points (M, 2) in the points dtype."""
     M, H, W = grad.shape
+    check_index_range("gaussian_heatmaps", **{"height * width (one map)": H * W, "M * 2 (points)": M * 2})
     bh, bw = _blocks(H, W)
     split = max(1, min(triton.cdiv(H, bh), _TARGET_PROGRAMS // max(M, 1)))
     gp = torch.zeros((M, 2), dtype=acc_dtype(points.dtype), device=points.device)

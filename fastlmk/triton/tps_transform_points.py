@@ -13,13 +13,20 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import is_f64, launch, pow2
+from fastlmk.triton._common import check_index_range, is_f64, launch, pow2
+
+
+@triton.jit
+def zero_or_nan(d2):
+    """0 for a squared distance of 0, NaN for a NaN one (a NaN control point must give a NaN
+    spline, as in the reference, not silently the affine part)."""
+    return tl.where(d2 == 0.0, 0.0, d2)
 
 
 @triton.jit
 def radial(d2):
-    """U as a function of the squared distance: s log s, 0 at s = 0."""
-    return tl.where(d2 > 0.0, d2 * tl.log(tl.where(d2 > 0.0, d2, 1.0)), 0.0)
+    """U as a function of the squared distance: s log s, 0 at s = 0 (NaN stays NaN)."""
+    return tl.where(d2 > 0.0, d2 * tl.log(tl.where(d2 > 0.0, d2, 1.0)), zero_or_nan(d2))
 
 
 @triton.jit
@@ -98,11 +105,11 @@ def _bwd_kernel(g_ptr, p_ptr, ctrl_ptr, coef_ptr, gp_ptr, gc_ptr, M, N, ctrl_bst
             wx = tl.load(wb + 2 * n, mask=nmask, other=0.0)
             wy = tl.load(wb + 2 * n + 1, mask=nmask, other=0.0)
             h = ox[:, None] * wx[None, :] + oy[:, None] * wy[None, :]  # (BLOCK_M, BLOCK_N)
-            k = tl.where(pos, 2.0 * h * (logd2 + 1.0), 0.0)
+            k = tl.where(pos, 2.0 * h * (logd2 + 1.0), zero_or_nan(d2))
             jx += tl.sum(k * dx, 1)
             jy += tl.sum(k * dy, 1)
         if NEED_COEF:
-            u = tl.where(pos, d2 * logd2, 0.0)
+            u = tl.where(pos, d2 * logd2, zero_or_nan(d2))
             tl.atomic_add(gcb + 2 * n, tl.sum(u * ox[:, None], 0), mask=nmask)
             tl.atomic_add(gcb + 2 * n + 1, tl.sum(u * oy[:, None], 0), mask=nmask)
     if NEED_POINTS:
@@ -131,6 +138,7 @@ def tps_transform_points_forward(points: torch.Tensor, ctrl: torch.Tensor, coef:
     accumulation dtype -> (B, M, 2) in the points dtype."""
     B, M, _ = points.shape
     N = ctrl.shape[1]
+    check_index_range("tps_transform_points", **{"2 * M (one batch of points)": 2 * M, "2 * (N + 3) (coefficients)": 2 * (N + 3)})
     out = torch.empty_like(points)
     bm, bn = _blocks(M, N)
     launch(_fwd_kernel, (B, triton.cdiv(M, bm)))(
@@ -145,6 +153,7 @@ def tps_transform_points_backward(grad: torch.Tensor, points: torch.Tensor, ctrl
     grad_coef (B, N + 3, 2) in the coef dtype or None)."""
     B, M, _ = points.shape
     N = ctrl.shape[1]
+    check_index_range("tps_transform_points", **{"2 * M (one batch of points)": 2 * M, "2 * (N + 3) (coefficients)": 2 * (N + 3)})
     if not (need_points or need_coef):
         return None, None
     gp = torch.empty_like(points) if need_points else None

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, grid_coord, is_f64, launch, pow2
+from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
 from fastlmk.triton.tps_transform_points import radial
 
 
@@ -79,11 +79,13 @@ def _unnormalise(s, size, BORDER: tl.constexpr):
     i = (s + 1.0) * 0.5 * hi
     if BORDER:
         d = tl.where((i > 0.0) & (i < hi), scale, 0.0)
+        i = tl.where(i == i, i, 0.0)  # NaN -> pixel 0, as grid_sample's clip
         i = tl.minimum(tl.maximum(i, 0.0), hi)
     else:
         d = scale + tl.zeros_like(i)
         # far outside the image every tap is out of bounds; clamping keeps the int cast defined
-        i = tl.minimum(tl.maximum(i, -2.0), hi + 2.0)
+        # (a NaN position samples nothing here; the forward makes its output NaN)
+        i = tl.where(i == i, tl.minimum(tl.maximum(i, -2.0), hi + 2.0), -2.0)
     return i, d
 
 
@@ -127,6 +129,7 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
     px = grid_coord(p - row * Wo, Wo, ACC)
     py = grid_coord(row, Ho, ACC)
     sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
+    nan_pt = (sx != sx) | (sy != sy)
     ix, _ = _unnormalise(sx, Wi, BORDER)
     iy, _ = _unnormalise(sy, Hi, BORDER)
     tile = bmask[:, None] & pmask[None, :]
@@ -144,6 +147,8 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
         v += w01 * tl.load(src + o01, mask=m01, other=0.0).to(ACC)
         v += w10 * tl.load(src + o10, mask=m10, other=0.0).to(ACC)
         v += w11 * tl.load(src + o11, mask=m11, other=0.0).to(ACC)
+        if not BORDER:  # a NaN sample position gives a NaN sample, as grid_sample's zeros padding
+            v = tl.where(nan_pt, float("nan"), v)
         tl.store(out_b + c * P, v.to(out_ptr.dtype.element_ty), mask=tile)
 
 
@@ -227,12 +232,21 @@ def _blocks(B: int, N: int, shared: bool) -> tuple[int, int, int]:
     return 1, 128, block_n
 
 
+def _check_sizes(C, Hi, Wi, Ho, Wo, B, N):
+    # int32 in the kernels: tap offsets (< Hi Wi), channel offsets c * plane (< C Hi Wi, C Ho Wo),
+    # pixel indices (< Ho Wo), coefficient offsets (< 2 (N + 3))
+    check_index_range("tps_warp", **{"C * H * W (one input image)": C * Hi * Wi,
+                                     "C * H_out * W_out (one output image)": C * Ho * Wo,
+                                     "2 * (N + 3) (coefficients)": 2 * (N + 3)})
+
+
 def tps_warp_forward(image: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor, out_h: int, out_w: int,
                      border: bool) -> torch.Tensor:
     """image (B, C, Hi, Wi), ctrl (Bc, N, 2) with Bc in {1, B}, coef (B, N + 3, 2), all contiguous,
     ctrl/coef in the accumulation dtype -> (B, C, out_h, out_w) in the image dtype."""
     B, C, Hi, Wi = image.shape
     N = ctrl.shape[1]
+    _check_sizes(C, Hi, Wi, out_h, out_w, B, N)
     shared = ctrl.shape[0] == 1
     out = torch.empty((B, C, out_h, out_w), dtype=image.dtype, device=image.device)
     bb, bp, bn = _blocks(B, N, shared)
@@ -250,6 +264,7 @@ def tps_warp_backward(grad_out: torch.Tensor, image: torch.Tensor, ctrl: torch.T
     B, C, Hi, Wi = image.shape
     Ho, Wo = grad_out.shape[-2:]
     N = ctrl.shape[1]
+    _check_sizes(C, Hi, Wi, Ho, Wo, B, N)
     if not (need_image or need_coef):
         return None, None
     shared = ctrl.shape[0] == 1

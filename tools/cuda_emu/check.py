@@ -127,7 +127,10 @@ def check_soft_argmax(k):
                                       torch.logsumexp(xr.detach().mean(2) / temp, -1)], -1)
                 else:
                     xs = torch.logsumexp(xr.detach().reshape(M, -1) / temp, -1, keepdim=True)
-                got = stats if marginal else (stats[:, :1] + stats[:, 1:]) * math.log(2.0)  # (max t, log2 sum) -> lse
+                # (max l, log2 sum 2^((l - max) c)) per softmax -> lse = max / T + log2 sum * ln 2
+                pairs = stats.double().view(M, -1, 2)
+                got = pairs[..., 0] / temp + pairs[..., 1] * math.log(2.0)
+                got = got if marginal else got[:, :1]
                 close(name + " stats", got, xs, torch.float32 if dtype != torch.float64 else dtype, 10)
                 g = torch.randn(M, 2, dtype=torch.float64)
                 (want * g).sum().backward()

@@ -1,0 +1,60 @@
+"""Command-line boundary shared by fastlmk.detect and fastlmk.evaluate: a user error is one line
+on stderr naming the argument or the file, exit status 2, checked before anything is written."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+
+class UsageError(SystemExit):
+    """A user error: exit status 2; ``str()`` is the one-line message (printed by :func:`run`)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run(main) -> None:
+    """``sys.exit(main())``, printing a UsageError's message on stderr first."""
+    try:
+        code = main()
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+def check_output_dir(prog: str, flag: str, path) -> None:
+    """``path`` must be a directory, or creatable as one, that this process can write."""
+    path = os.path.abspath(str(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{prog}: error: {flag} {path}: exists and is not a directory")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{prog}: error: {flag} {path}: {probe} is not a writable directory")
+
+
+def check_device(prog: str, spec):
+    """--device -> torch.device that exists here (UsageError otherwise); None -> cuda if any, else cpu."""
+    from fastlmk.config import check_device as _check
+
+    try:
+        return _check(spec or "auto")
+    except ValueError as e:
+        raise UsageError(f"{prog}: error: {e}") from None
+
+
+def check_finite(prog: str, flag: str, value, low=None, low_inclusive=True) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"{prog}: error: {flag} must be a finite number, got {value}")
+    if low is not None and (value < low if low_inclusive else value <= low):
+        raise UsageError(f"{prog}: error: {flag} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
