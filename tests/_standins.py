@@ -1,5 +1,6 @@
 """Test helpers for the evaluation / detection tests: images with coloured blobs at known points,
-and a tiny 'detector' that finds them exactly (so coordinate handling can be checked to a pixel).
+and a tiny 'detector' that finds them exactly (so coordinate handling can be checked to a pixel);
+and the tiny training config of the training tests.
 """
 
 from __future__ import annotations
@@ -78,3 +79,15 @@ def tiny_checkpoint(path, num_landmarks: int = 4, image_size: int = 32, seed: in
                    temperature=cfg["temperature"], std=cfg["gaussian_std"]).eval()
     save_checkpoint(str(path), {"config": cfg, "detector": det.state_dict(), "step": 0})
     return path, det
+
+
+def tiny_train_config(tmp_path, name, **kw):
+    """A TrainConfig that trains in well under a second per step on one core (one thread, so
+    that runs compare bit for bit)."""
+    from fastlmk.config import TrainConfig
+
+    base = dict(image_size=32, batch_size=4, steps=6, detector_width=8, generator_width=8, generator_res=1,
+                num_landmarks=4, log_every=1, sample_every=0, ckpt_every=3, keep_last=2, out_dir=str(tmp_path),
+                run_name=name, eval=False, train_length=32, backend="reference", threads=1)
+    base.update(kw)
+    return TrainConfig(**base)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fastlmk
+from _standins import tiny_train_config
 from fastlmk.config import TrainConfig, validate
 from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
 from fastlmk.evaluate import mean_shape_baseline, supervised_config_from
@@ -129,11 +130,7 @@ def test_separation_loss():
 
 
 def tiny(tmp_path, name, **kw):
-    base = dict(image_size=32, batch_size=4, steps=4, detector_width=8, generator_width=8, generator_res=1,
-                num_landmarks=4, log_every=1, sample_every=0, ckpt_every=0, keep_last=2, out_dir=str(tmp_path),
-                run_name=name, eval=False, train_length=32, backend="reference", threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tmp_path, name, **{"steps": 4, "ckpt_every": 0, **kw})
 
 
 @pytest.mark.parametrize("method", ["intra", "inter-intra"])

@@ -8,6 +8,8 @@ import socket
 import pytest
 import torch
 
+from _standins import tiny_train_config
+
 from fastlmk import checkpoint as ckpt_io
 from fastlmk.config import TrainConfig, apply_overrides, field_names, parse_args, validate
 
@@ -18,11 +20,19 @@ from fastlmk.train import main, train  # noqa: E402
 
 def tiny(tmp_path, name, **kw):
     """A config that trains in well under a second per step on one core."""
-    base = dict(image_size=32, batch_size=4, steps=6, detector_width=8, generator_width=8, generator_res=1,
-                num_landmarks=4, log_every=1, sample_every=0, ckpt_every=3, keep_last=2, out_dir=str(tmp_path),
-                run_name=name, eval=False, train_length=32, backend="reference", threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tmp_path, name, **kw)
+
+
+def _interrupting_pairs(real, calls, sig):
+    """A TPSPairs class that sends ``sig`` to this process while making the second batch's pairs."""
+    class Interrupting(real):
+        def __call__(self, images, generator=None, **kw):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), sig)
+            return super().__call__(images, generator=generator, **kw)
+
+    return Interrupting
 
 
 def _params(model):
@@ -131,12 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = fastlmk.data.TPSPairs
 
-    class Interrupting(real):
-        def __call__(self, images, generator=None):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().__call__(images, generator=generator)
+    Interrupting = _interrupting_pairs(real, calls, signal.SIGTERM)
 
     full = train(tiny(tmp_path, "full", ckpt_every=0), progress=False)
     monkeypatch.setattr(fastlmk.data, "TPSPairs", Interrupting)
@@ -162,12 +167,7 @@ def test_stop_before_the_first_log_row(tmp_path, monkeypatch, capsys, sig, code)
     calls = {"n": 0}
     real = fastlmk.data.TPSPairs
 
-    class Interrupting(real):
-        def __call__(self, images, generator=None):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                os.kill(os.getpid(), sig)
-            return super().__call__(images, generator=generator)
+    Interrupting = _interrupting_pairs(real, calls, sig)
 
     monkeypatch.setattr(fastlmk.data, "TPSPairs", Interrupting)
     (tmp_path / "c.json").write_text(json.dumps(tiny(tmp_path, "early", log_every=50, ckpt_every=0).to_dict()))
