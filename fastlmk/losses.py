@@ -9,7 +9,7 @@ Perceptual terms (``PERCEPTUAL``):
 * ``"vgg"``: VGG16 (ImageNet) features at relu1_2, relu2_2, relu3_3, relu4_3, MSE per layer,
   summed [seed-code]. The weights come from a local torchvision ``vgg16`` state dict
   (``--vgg-weights PATH``); nothing is downloaded.
-* fallbacks for when no VGG weights are at hand (docs/readme_train.md has the measurement that
+* fallbacks for when no VGG weights are at hand (docs/training.md has the measurement that
   chose the default): ``"none"`` (MSE only), ``"random-conv"`` (MSE of the features of a fixed,
   randomly initialised conv net), ``"ssim"`` (1 - SSIM, needs kornia), ``"laplacian"`` (L1 over
   the bands of a Laplacian pyramid, :func:`laplacian_pyramid`, plain torch: the default
@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")
-FALLBACK = "laplacian"  # chosen by measurement, see docs/readme_train.md
+FALLBACK = "laplacian"  # chosen by measurement, see docs/training.md
 
 # torchvision vgg16().features up to relu4_3: index -> (in, out) of each conv; the others are
 # ReLU / max-pool. Indices are kept so that the keys are features.N.weight / features.N.bias.

@@ -1,4 +1,4 @@
-"""Train the landmark detector: ``python -m fastlmk.train [--flags]`` (docs/readme_train.md).
+"""Train the landmark detector: ``python -m fastlmk.train [--flags]`` (docs/training.md).
 
 One readable loop, top to bottom: config -> data -> model -> (resume) -> loop { TPS pairs,
 auxiliary subjects, forward, loss, backward, clip, step, log, samples, checkpoint } -> evaluate.
