@@ -216,6 +216,14 @@ def _check_finite_weights(model, step: int) -> None:
                                      "Earlier checkpoints are kept; lower --lr or check the data and config")
 
 
+LOSS_TERMS = ("loss", "mse", "perceptual", "equivariance", "separation")  # logged per step (log.csv, history)
+
+
+def _new_window() -> dict:
+    """Running sums of the loss terms between two log rows, with the step count, start time and images."""
+    return {**dict.fromkeys(LOSS_TERMS, 0.0), "n": 0, "t": time.time(), "images": 0}
+
+
 def _fmt_time(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -255,9 +263,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     # ---- resume: the checkpoint's config wins (the caller applied command-line changes) ----
     state = ckpt_io.load_checkpoint(resume) if resume else None
-    if cfg.perceptual == "auto":
+    if cfg.perceptual == "auto":  # (validated above: "vgg" only when the weights file exists)
         cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
-    validate(cfg)
     run_dir, continued = _plan_run_dir(cfg, state) if master else ("", state is not None)
 
     # ---- data: images from the data set, pairs made on the training device ----
@@ -331,7 +338,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         log_path = os.path.join(run_dir, "log.csv")
-        log_fields = ["step", "loss", "mse", "perceptual", "equivariance", "separation", "lr", "images_per_s", "elapsed_s"]
+        log_fields = ["step", *LOSS_TERMS, "lr", "images_per_s", "elapsed_s"]
         if not continued or not os.path.exists(log_path):
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerow(log_fields)
@@ -390,7 +397,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # ---- the loop ----
     model.train()
     history, t_start, stopped = [], time.time(), ""
-    window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "equivariance": 0.0, "separation": 0.0, "n": 0, "t": time.time(), "images": 0}
+    window = _new_window()
     start_step, t_first = step, time.time()
     bar = None
     if master and progress:
@@ -431,10 +438,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             step += 1
 
             # ---- bookkeeping (note: .tolist() is a CPU-GPU sync point, once per step) ----
-            values = torch.stack([losses[k].detach().float() for k in ("loss", "mse", "perceptual", "equivariance", "separation")]).tolist()
+            values = torch.stack([losses[k].detach().float() for k in LOSS_TERMS]).tolist()
             if not math.isfinite(values[0]):
                 raise FloatingPointError(f"loss is {values[0]} at step {step}; lower --lr or check the data")
-            for k, v in zip(("loss", "mse", "perceptual", "equivariance", "separation"), values):
+            for k, v in zip(LOSS_TERMS, values):
                 window[k] += v
             window["n"] += 1
             window["images"] += images.shape[0] * world
@@ -459,10 +466,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 (bar.write if bar else print)(msg)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = time.time() - window["t"]
-                row = {"step": step, "loss": window["loss"] / window["n"], "mse": window["mse"] / window["n"],
-                       "perceptual": window["perceptual"] / window["n"], "equivariance": window["equivariance"] / window["n"],
-                       "separation": window["separation"] / window["n"],
-                       "lr": scheduler.get_last_lr()[0],
+                row = {"step": step, **{k: window[k] / window["n"] for k in LOSS_TERMS}, "lr": scheduler.get_last_lr()[0],
                        "images_per_s": window["images"] / max(dt, 1e-9), "elapsed_s": time.time() - t_start}
                 history.append(row)
                 if master:
@@ -473,8 +477,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                             tb.add_scalar(f"train/{k}", row[k], step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
-                window = {"loss": 0.0, "mse": 0.0, "perceptual": 0.0, "equivariance": 0.0, "separation": 0.0, "n": 0, "t": time.time(),
-                          "images": 0}
+                window = _new_window()
             if bar is not None:
                 bar.update(1)
             if master and cfg.sample_every and step % cfg.sample_every == 0:
