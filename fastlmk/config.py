@@ -183,7 +183,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for k in ("sample_every", "ckpt_every", "num_workers", "threads", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
         need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
     need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
-    need(cfg.synth_pose in ("wild", "aligned"), f"synth_pose must be wild or aligned, got {cfg.synth_pose!r}")
+    from fastlmk.data.synth import POSES
+
+    need(cfg.synth_pose in POSES, f"synth_pose must be one of {POSES}, got {cfg.synth_pose!r}")
     need(cfg.pairs in ("warps", "views"), f"pairs must be warps or views, got {cfg.pairs!r}")
     need(cfg.pairs == "warps" or cfg.dataset == "synth", f"pairs='views' needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
     need(cfg.pairs == "warps" or cfg.equivariance_weight == 0,
