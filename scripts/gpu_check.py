@@ -93,6 +93,19 @@ def _emit(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _images_per_s(batch_fn, batch: int, window: float, first: int = 0, sync=None) -> float:
+    """Call ``batch_fn(k)`` for k = first, first + 1, ... (each makes ``batch`` images) until
+    ``window`` seconds have passed and at least two batches ran; images per second (``sync``, if
+    given, waits for the device before the clock stops)."""
+    n, k, t0 = 0, first, time.perf_counter()
+    while time.perf_counter() - t0 < window or n < 2 * batch:
+        batch_fn(k)
+        n, k = n + batch, k + 1
+    if sync is not None:
+        sync()
+    return n / (time.perf_counter() - t0)
+
+
 def _sync(device):
     import torch
 
@@ -310,11 +323,7 @@ def worker_data(a: dict, out: str) -> None:
     # 1. one process, one thread (what one DataLoader worker does)
     torch.set_num_threads(1)
     ds.render(range(B))
-    n, t0, k = 0, time.perf_counter(), 1
-    while time.perf_counter() - t0 < window or n < 2 * B:
-        ds.render(range(k * B, (k + 1) * B))
-        n, k = n + B, k + 1
-    res["cpu_1_thread_images_per_s"] = n / (time.perf_counter() - t0)
+    res["cpu_1_thread_images_per_s"] = _images_per_s(lambda k: ds.render(range(k * B, (k + 1) * B)), B, window, 1)
     _emit(out, res)
 
     # 2. DataLoader workers (before any CUDA use in this process: the workers are forked)
@@ -326,32 +335,22 @@ def worker_data(a: dict, out: str) -> None:
         it = iter(loader)
         next(it)
         first = time.perf_counter() - t_start
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < window or n < 2 * B:
-            next(it)
-            n += B
-        rate = n / (time.perf_counter() - t0)
+        rate = _images_per_s(lambda k: next(it), B, window)
         del it, loader
         res["loader"].append({"workers": workers, "images_per_s": rate, "first_batch_s": first})
         _emit(out, res)
 
     # 3. parameters only (the CPU part of device rendering) and rendering on the device
-    n, t0, k = 0, time.perf_counter(), 100
-    while time.perf_counter() - t0 < min(window, 2.0) or n < 2 * B:
-        ds.params(range(k * B, (k + 1) * B))
-        n, k = n + B, k + 1
-    res["params_only_images_per_s"] = n / (time.perf_counter() - t0)
+    res["params_only_images_per_s"] = _images_per_s(lambda k: ds.params(range(k * B, (k + 1) * B)), B,
+                                                    min(window, 2.0), 100)
     _emit(out, res)
     res["device_render"] = []
     for bs in a["device_batches"]:
         render_on(ds, range(bs), dev)
         _sync(dev)
-        n, t0, k = 0, time.perf_counter(), 200
-        while time.perf_counter() - t0 < window or n < 2 * bs:
-            render_on(ds, range(k * bs, (k + 1) * bs), dev)
-            n, k = n + bs, k + 1
-        _sync(dev)
-        res["device_render"].append({"batch": bs, "images_per_s": n / (time.perf_counter() - t0)})
+        rate = _images_per_s(lambda k: render_on(ds, range(k * bs, (k + 1) * bs), dev), bs, window, 200,
+                             sync=lambda: _sync(dev))
+        res["device_render"].append({"batch": bs, "images_per_s": rate})
         _emit(out, res)
     # 4. the device images vs the CPU ones (same indices)
     ref = ds.render(range(B))
