@@ -80,9 +80,10 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
     train_set = sub(build_dataset("synth", split="train", size=S, pose=pose), n_train)
     test_set = sub(build_dataset("synth", split=split, size=S, pose=pose), n_test)
+    also = set(also_steps)
     every = list_checkpoints(run_dir)
     ckpts = _pick(every, points)
-    extra = [c for c in every if int(os.path.basename(c)[5:13]) in set(also_steps) and c not in ckpts]
+    extra = [c for c in every if int(os.path.basename(c)[5:13]) in also and c not in ckpts]
     ckpts = sorted(ckpts + extra)
     for i, path in enumerate(ckpts):
         name = os.path.basename(path)
@@ -97,7 +98,7 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
              "saic": float(regression_errors(ptr, gtr, pte, gte, gte, "saic").mean()),
              "imm": float(regression_errors(ptr, gtr, pte, gte, gte, "imm").mean()),
              "mean_shape": mean_shape_baseline(gtr, gte)}
-        if i == len(ckpts) - 1 or step in set(also_steps):
+        if i == len(ckpts) - 1 or step in also:
             e["on_face"] = _on_face(det, test_set, 256)
         entries[name] = e
         print(f"  {run_dir} {name}: t={e['elapsed_s'] / 60:.1f} min SAIC {e['saic']:.2f} %", file=sys.stderr, flush=True)
