@@ -18,7 +18,7 @@ import argparse
 import torch
 
 import fastlmk
-from fastlmk.checkpoint import load_detector, resolve_checkpoint
+from fastlmk.training.checkpoint import load_detector, resolve_checkpoint
 from fastlmk.data import TPSPairs, build_dataset
 from fastlmk.evaluate import extract_points, mean_shape_baseline, regression_errors
 

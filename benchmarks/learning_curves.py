@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from fastlmk.checkpoint import list_checkpoints, load_detector
+from fastlmk.training.checkpoint import list_checkpoints, load_detector
 from fastlmk.data import build_dataset
 from fastlmk.evaluate import extract_points, mean_shape_baseline, regression_errors
 

@@ -1,6 +1,6 @@
 """Choose the perceptual-loss fallback (no VGG weights) by landmark error at equal budget.
 
-Trains one short run per candidate of fastlmk.losses.PERCEPTUAL (minus "vgg") on SynthFaces with
+Trains one short run per candidate of fastlmk.training.losses.PERCEPTUAL (minus "vgg") on SynthFaces with
 the same seed, steps and everything else, evaluates each with fastlmk.evaluate, and prints a
 markdown table (forward error, % of inter-ocular distance; lower is better).
 

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from fastlmk.checkpoint import build_detector
-from fastlmk.config import parse_args
-from fastlmk.losses import FALLBACK, ReconstructionLoss
-from fastlmk.model import Generator, LandmarkAutoencoder, derangement
+from fastlmk.training.checkpoint import build_detector
+from fastlmk.training.config import parse_args
+from fastlmk.training.losses import FALLBACK, ReconstructionLoss
+from fastlmk.training.model import Generator, LandmarkAutoencoder, derangement
 
 
 def make_step(cfg, backend, images, device=None, amp=None, compile=None):

@@ -43,7 +43,7 @@ def check_output_dir(prog: str, flag: str, path) -> None:
 
 def check_device(prog: str, spec):
     """--device -> torch.device that exists here (UsageError otherwise); None -> cuda if any, else cpu."""
-    from fastlmk.config import check_device as _check
+    from fastlmk.training.config import check_device as _check
 
     try:
         return _check(spec or "auto")

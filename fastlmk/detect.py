@@ -300,7 +300,7 @@ def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict 
 
 def _load_detector(path: str, device):
     """(detector in eval mode on device, config dict) from a training checkpoint."""
-    from fastlmk.checkpoint import load_detector
+    from fastlmk.training.checkpoint import load_detector
 
     detector, config = load_detector(path, map_location=device)
     return detector.to(device).eval(), config

@@ -305,7 +305,7 @@ def train_supervised(train_set, steps: int, arch: str = "conv", image_size: int 
                      betas: tuple = (0.9, 0.999), device="cpu",
                      seed: int = 0, progress: bool = True, num_workers: int = 0, history: list | None = None,
                      **detector_kwargs):
-    """Train ``fastlmk.model.Detector(num_landmarks=5, ...)`` on the annotations (upper bound).
+    """Train ``fastlmk.training.model.Detector(num_landmarks=5, ...)`` on the annotations (upper bound).
 
     The loss is the MSE between the detector's soft-argmax points and the annotated landmarks
     (normalised coordinates); Adam (``lr``, ``betas``, ``weight_decay``: defaults suited to
@@ -320,7 +320,7 @@ def train_supervised(train_set, steps: int, arch: str = "conv", image_size: int 
     """
     from tqdm.auto import tqdm
 
-    from fastlmk.model import Detector  # lazy: the model is not needed to evaluate points
+    from fastlmk.training.model import Detector  # lazy: the model is not needed to evaluate points
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"fastlmk.evaluate.train_supervised: steps must be an int >= 1, got {steps!r}")
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     device = check_device(prog, args.device)
     if args.out:  # checked now, not after the whole evaluation
         check_output_dir(prog, "--out", args.out)
-    from fastlmk.checkpoint import load_detector, resolve_checkpoint
+    from fastlmk.training.checkpoint import load_detector, resolve_checkpoint
     from fastlmk.data import build_dataset
 
     try:

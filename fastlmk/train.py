@@ -24,10 +24,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from fastlmk import checkpoint as ckpt_io
-from fastlmk.config import TrainConfig, parse_args, validate
-from fastlmk.losses import FALLBACK, ReconstructionLoss, equivariance_loss, separation_loss
-from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
+from fastlmk.training import checkpoint as ckpt_io
+from fastlmk.training.config import TrainConfig, parse_args, validate
+from fastlmk.training.losses import FALLBACK, ReconstructionLoss, equivariance_loss, separation_loss
+from fastlmk.training.model import Detector, Generator, LandmarkAutoencoder, derangement
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             # 2. auxiliary subject: a derangement of the batch, drawn per step
             core.method = "intra" if step < cfg.intra_warmup else cfg.method  # optional intra warm-up [ours]
             aux = derangement(images.shape[0], gen_aux).to(device) if core.method == "inter-intra" else None
-            # 3-4. detector and generator passes (fastlmk.model.LandmarkAutoencoder)
+            # 3-4. detector and generator passes (fastlmk.training.model.LandmarkAutoencoder)
             with autocast:
                 out = forward(pairs.x, pairs.x_prime, aux)
             # 5. loss: masked MSE + perceptual on each reconstruction, in float32
@@ -550,7 +550,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     cfg, resume = parse_args(argv, cuda=cuda)
     if resume:  # continue with the checkpoint's config, changed only by the keys given
-        from fastlmk.config import apply_overrides
+        from fastlmk.training.config import apply_overrides
 
         state = ckpt_io.load_checkpoint(resume, fallback=True)
         base = apply_overrides(TrainConfig(), state["config"], where=state["path"])

@@ -252,7 +252,7 @@ def worker_train_variant(a: dict, out: str) -> None:
     import torch
 
     from benchmarks.train_step import make_step
-    from fastlmk.config import parse_args
+    from fastlmk.training.config import parse_args
     from fastlmk.data import build_dataset
 
     dev = a["device"]
@@ -264,7 +264,7 @@ def worker_train_variant(a: dict, out: str) -> None:
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.perceptual == "auto":  # what make_step and fastlmk.train resolve it to
-        from fastlmk.losses import FALLBACK
+        from fastlmk.training.losses import FALLBACK
 
         cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
     res = {"variant": a["name"], "backend": a["backend"], "compile": a["compile"], "amp": a["amp"] and dev == "cuda",

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from fastlmk.checkpoint import load_detector, resolve_checkpoint
+from fastlmk.training.checkpoint import load_detector, resolve_checkpoint
 from fastlmk.data import build_dataset
 from fastlmk.evaluate import DEFAULT_RIDGE, apply_linear, extract_points, fit_linear
 from fastlmk.viz import save_grid

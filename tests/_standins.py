@@ -66,11 +66,11 @@ class BlobFaces(torch.utils.data.Dataset):
 
 
 def tiny_checkpoint(path, num_landmarks: int = 4, image_size: int = 32, seed: int = 0):
-    """A real fastlmk checkpoint (fastlmk.checkpoint format) of a randomly initialised small
+    """A real fastlmk checkpoint (fastlmk.training.checkpoint format) of a randomly initialised small
     conv Detector. Returns (path, detector)."""
-    from fastlmk.checkpoint import save_checkpoint
-    from fastlmk.config import TrainConfig
-    from fastlmk.model import Detector
+    from fastlmk.training.checkpoint import save_checkpoint
+    from fastlmk.training.config import TrainConfig
+    from fastlmk.training.model import Detector
 
     torch.manual_seed(seed)
     cfg = TrainConfig(num_landmarks=num_landmarks, detector_arch="conv", detector_width=8, image_size=image_size,
@@ -84,7 +84,7 @@ def tiny_checkpoint(path, num_landmarks: int = 4, image_size: int = 32, seed: in
 def tiny_train_config(tmp_path, name, **kw):
     """A TrainConfig that trains in well under a second per step on one core (one thread, so
     that runs compare bit for bit)."""
-    from fastlmk.config import TrainConfig
+    from fastlmk.training.config import TrainConfig
 
     base = dict(image_size=32, batch_size=4, steps=6, detector_width=8, generator_width=8, generator_res=1,
                 num_landmarks=4, log_every=1, sample_every=0, ckpt_every=3, keep_last=2, out_dir=str(tmp_path),

@@ -205,7 +205,7 @@ def test_extract_points_checks_predictions():
 
 
 def test_supervised_upper_bound_trains_and_is_reported(tmp_path):
-    """train_supervised (the real fastlmk.model.Detector, 5 landmarks) lowers its MSE on a fixed
+    """train_supervised (the real fastlmk.training.model.Detector, 5 landmarks) lowers its MSE on a fixed
     batch, and evaluate_detector adds the supervised row to the results and the report."""
     train, test = BlobFaces(8, size=16, seed=0), BlobFaces(8, size=16, seed=1)
     history = []

@@ -9,11 +9,11 @@ import torch
 
 import fastlmk
 from _standins import tiny_train_config
-from fastlmk.config import TrainConfig, validate
+from fastlmk.training.config import TrainConfig, validate
 from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
 from fastlmk.evaluate import mean_shape_baseline, supervised_config_from
-from fastlmk.losses import equivariance_loss, separation_loss
-from fastlmk.model import Detector
+from fastlmk.training.losses import equivariance_loss, separation_loss
+from fastlmk.training.model import Detector
 
 torch.set_num_threads(1)
 

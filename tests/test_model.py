@@ -1,12 +1,12 @@
-"""Networks, the training step's wiring, and the losses (fastlmk.model, fastlmk.losses)."""
+"""Networks, the training step's wiring, and the losses (fastlmk.training.model, fastlmk.training.losses)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastlmk
-from fastlmk.losses import PERCEPTUAL, ReconstructionLoss, VGG16Features, laplacian_pyramid, masked_mse
-from fastlmk.model import Detector, Generator, LandmarkAutoencoder, derangement
+from fastlmk.training.losses import PERCEPTUAL, ReconstructionLoss, VGG16Features, laplacian_pyramid, masked_mse
+from fastlmk.training.model import Detector, Generator, LandmarkAutoencoder, derangement
 
 torch.set_num_threads(1)
 
@@ -246,7 +246,7 @@ def test_laplacian_pyramid_matches_kornia(shape, levels, dtype):
 def test_laplacian_loss_value_is_unchanged_without_kornia():
     """ReconstructionLoss("laplacian") (the default run's) equals the formula with kornia's pyramid."""
     kornia = pytest.importorskip("kornia")
-    from fastlmk.losses import _masked_mean
+    from fastlmk.training.losses import _masked_mean
 
     x, y = _images(4, 64), _images(4, 64, 1).requires_grad_()
     mask = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from fastlmk import checkpoint as ckpt_io
-from fastlmk.config import TrainConfig, validate
+from fastlmk.training import checkpoint as ckpt_io
+from fastlmk.training.config import TrainConfig, validate
 from fastlmk.train import RUN_MARKER, main, train
 
 

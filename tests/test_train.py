@@ -10,8 +10,8 @@ import torch
 
 from _standins import tiny_train_config
 
-from fastlmk import checkpoint as ckpt_io
-from fastlmk.config import TrainConfig, apply_overrides, field_names, parse_args, validate
+from fastlmk.training import checkpoint as ckpt_io
+from fastlmk.training.config import TrainConfig, apply_overrides, field_names, parse_args, validate
 
 torch.set_num_threads(1)
 

@@ -153,8 +153,8 @@ def load_file(path: str) -> dict:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cheap checks with clear messages (the data set name and paths are checked when built)."""
-    from fastlmk.losses import PERCEPTUAL
-    from fastlmk.model import ARCHS, METHODS, SOFT_ARGMAX_MODES
+    from fastlmk.training.losses import PERCEPTUAL
+    from fastlmk.training.model import ARCHS, METHODS, SOFT_ARGMAX_MODES
 
     def need(cond, msg):
         if not cond:

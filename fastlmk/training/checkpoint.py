@@ -117,7 +117,7 @@ def load_checkpoint(path: str, map_location="cpu", fallback: bool = False) -> di
 
 def build_detector(config: dict):
     """A fresh Detector as configured by a TrainConfig dict."""
-    from fastlmk.model import Detector
+    from fastlmk.training.model import Detector
 
     return Detector(num_landmarks=config["num_landmarks"], arch=config["detector_arch"], width=config["detector_width"],
                     image_size=config["image_size"], temperature=config["temperature"], std=config["gaussian_std"],

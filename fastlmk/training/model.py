@@ -7,7 +7,7 @@
   the geometry of the maps (StarGAN-like).
 * :class:`LandmarkAutoencoder`: ``D`` and ``P`` together; its ``forward`` is the generator side
   of one training step, "inter-intra" (the seed paper) or "intra" (IMM/SAIC baseline). The loss
-  is in :mod:`fastlmk.losses`, the loop in :mod:`fastlmk.train`.
+  is in :mod:`fastlmk.training.losses`, the loop in :mod:`fastlmk.train`.
 """
 
 from __future__ import annotations
