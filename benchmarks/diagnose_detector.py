@@ -34,8 +34,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     det, cfg = load_detector(resolve_checkpoint(args.checkpoint))
-    S = cfg["image_size"]
-    train_set, test_set = build_dataset("synth", split="train", size=S), build_dataset("synth", split="test", size=S)
+    S, kw = cfg.image_size, cfg.dataset_kwargs("synth")
+    train_set, test_set = build_dataset("synth", split="train", **kw), build_dataset("synth", split="test", **kw)
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
     with torch.no_grad():
         ptr, gtr = extract_points(lambda x: det(x).points, sub(train_set, args.train), progress=False)
@@ -46,9 +46,9 @@ def main():
             print(f"regression error {v.upper()}: {float(regression_errors(ptr, gtr, pte, gte, gte, v).mean()):.2f} %")
         print(f"mean-shape baseline: {mean_shape_baseline(gtr, gte):.2f} %")
         images = torch.stack([test_set[i]["image"] for i in range(min(args.warped, len(test_set)))])
-        pairs = TPSPairs(grid_size=cfg["tps_grid"], rotation_std=cfg["rotation_std"], scale_std=cfg["scale_std"],
-                         translation_std=cfg["translation_std"], warp_std=cfg["warp_std"],
-                         extra_warp_prob=cfg["extra_warp_prob"])(images, generator=torch.Generator().manual_seed(0))
+        pairs = TPSPairs(grid_size=cfg.tps_grid, rotation_std=cfg.rotation_std, scale_std=cfg.scale_std,
+                         translation_std=cfg.translation_std, warp_std=cfg.warp_std,
+                         extra_warp_prob=cfg.extra_warp_prob)(images, generator=torch.Generator().manual_seed(0))
         mu, mu_warped = det(images).points, det(pairs.x).points
         px = (S - 1) / 2
         err = (fastlmk.tps_transform_points(mu_warped, pairs.tps) - mu).norm(dim=-1).median(0).values * px

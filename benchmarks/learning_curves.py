@@ -26,6 +26,7 @@ import sys
 import torch
 
 from fastlmk.training.checkpoint import list_checkpoints, load_detector
+from fastlmk.training.config import TrainConfig
 from fastlmk.data import build_dataset
 from fastlmk.evaluate import extract_points, mean_shape_baseline, regression_errors
 
@@ -76,10 +77,10 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
     entries = cache.setdefault(key, {})
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
     elapsed = _elapsed_at(run_dir)
-    S, pose = cfg["image_size"], cfg.get("synth_pose", "wild")
+    kw = TrainConfig.from_dict(cfg, where=run_dir).dataset_kwargs("synth")
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
-    train_set = sub(build_dataset("synth", split="train", size=S, pose=pose), n_train)
-    test_set = sub(build_dataset("synth", split=split, size=S, pose=pose), n_test)
+    train_set = sub(build_dataset("synth", split="train", **kw), n_train)
+    test_set = sub(build_dataset("synth", split=split, **kw), n_test)
     also = set(also_steps)
     every = list_checkpoints(run_dir)
     ckpts = _pick(every, points)
@@ -156,9 +157,9 @@ def main(argv=None):
         finals = torch.tensor([_interp(r["rows"], t_end) for r in rs], dtype=torch.float64)
         summary[m] = {"runs": rs, "curves": curves, "finals": finals}
 
-    from fastlmk.viz import _pyplot  # noqa: PLC0415
+    from fastlmk.viz import pyplot  # noqa: PLC0415
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"inter-intra": "tab:blue", "intra": "tab:orange"}
     for m, s in summary.items():

@@ -15,15 +15,15 @@ Any other ``--key value`` is a TrainConfig override (e.g. ``--method intra``, ``
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 
 import torch
 
-from fastlmk.training.checkpoint import build_detector
 from fastlmk.training.config import parse_args
 from fastlmk.training.losses import FALLBACK, ReconstructionLoss
-from fastlmk.training.model import Generator, LandmarkAutoencoder, derangement
+from fastlmk.training.model import LandmarkAutoencoder
 
 
 def make_step(cfg, backend, images, device=None, amp=None, compile=None):
@@ -47,12 +47,10 @@ def make_step(cfg, backend, images, device=None, amp=None, compile=None):
     use_amp = amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
 
+    cfg = dataclasses.replace(cfg, backend=backend, perceptual=FALLBACK if cfg.perceptual == "auto" else cfg.perceptual)
     torch.manual_seed(cfg.seed)
-    det = build_detector({**cfg.to_dict(), "backend": backend})
-    model = LandmarkAutoencoder(det, Generator(cfg.num_landmarks, cfg.generator_width, cfg.generator_res), cfg.method)
-    model = model.to(device)
-    crit = ReconstructionLoss(FALLBACK if cfg.perceptual == "auto" else cfg.perceptual, cfg.vgg_weights or None)
-    crit = crit.to(device)
+    model = LandmarkAutoencoder.from_config(cfg).to(device)
+    crit = ReconstructionLoss.from_config(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     pairs = TPSPairs(grid_size=cfg.tps_grid, mask_margin=cfg.mask_margin, backend=backend)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -62,7 +60,7 @@ def make_step(cfg, backend, images, device=None, amp=None, compile=None):
 
     def step(batch=None):
         p = pairs(images if batch is None else batch, generator=gen)
-        aux = derangement(images.shape[0], gen_aux).to(device) if cfg.method == "inter-intra" else None
+        aux = model.begin_step(0, images.shape[0], gen_aux)
         with autocast():
             out = forward(p.x, p.x_prime, aux)
         loss = crit(out["targets"], {"x": p.mask, "x_prime": p.mask_prime})["loss"]

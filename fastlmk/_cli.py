@@ -51,6 +51,16 @@ def check_device(prog: str, spec):
         raise UsageError(f"{prog}: error: {e}") from None
 
 
+def check_backend(prog: str, backend: str, device) -> None:
+    """--backend: a backend name that can run on ``device`` here (UsageError otherwise)."""
+    from fastlmk.training.config import check_backend as _check
+
+    try:
+        _check(backend, device)
+    except ValueError as e:
+        raise UsageError(f"{prog}: error: {e}") from None
+
+
 def check_finite(prog: str, flag: str, value, low=None, low_inclusive=True) -> None:
     if value is None:
         return

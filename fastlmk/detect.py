@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from fastlmk._cli import UsageError, check_device, check_output_dir, run
+from fastlmk._cli import UsageError, check_backend, check_device, check_output_dir, run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 PROG = "fastlmk.detect"
@@ -158,7 +158,7 @@ class Regressor:
 
 
 # --- the work ----------------------------------------------------------------------------------
-def _overlay_names(files: list[Path], root: Path) -> dict[Path, Path]:
+def overlay_names(files: list[Path], root: Path) -> dict[Path, Path]:
     """overlays/<relative path without extension>.png; the extension is kept when two inputs would
     otherwise collide (a.jpg and a.png)."""
     stems = {}
@@ -224,7 +224,7 @@ def detect_images(detector, files: list[Path], root: Path, image_size: int, out_
     if overlays and out_dir is None:
         raise ValueError(f"{PROG}: out_dir is needed to write overlays")
     device = torch.device(device)
-    names = _overlay_names(files, root)
+    names = overlay_names(files, root)
     records, skipped = [], []
     bar = tqdm(total=len(files), desc="detect", unit="img", disable=not progress)
     for start in range(0, len(files), batch_size):
@@ -298,11 +298,11 @@ def write_landmarks(records: list[dict], out_dir, fmt: str = "json", meta: dict 
     return path
 
 
-def _load_detector(path: str, device):
-    """(detector in eval mode on device, config dict) from a training checkpoint."""
-    from fastlmk.training.checkpoint import load_detector
+def load_detector(path: str, device, backend: str = "auto"):
+    """(detector in eval mode on device running on ``backend``, its TrainConfig) from a training checkpoint."""
+    from fastlmk.training.checkpoint import load_detector as load
 
-    detector, config = load_detector(path, map_location=device)
+    detector, config = load(path, map_location=device, backend=backend)
     return detector.to(device).eval(), config
 
 
@@ -328,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="write only the landmarks file")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--backend", default="auto",
+                   help="backend of the fastlmk ops: auto | reference | cpu | cuda | triton (default auto; the "
+                        "backend the run trained with is not restored)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -353,17 +356,16 @@ def main(argv: list[str] | None = None) -> int:
         except DetectError as e:
             raise UsageError(f"{PROG}: error: {e}") from None
     device = check_device(PROG, args.device)
+    check_backend(PROG, args.backend, device)
     check_output_dir(PROG, "--out", args.out)  # now, not after the whole folder
     try:
-        detector, config = _load_detector(str(ckpt), device)
+        detector, config = load_detector(str(ckpt), device, args.backend)
     except (FileNotFoundError, ValueError) as e:  # load_detector's errors name the file already
         raise UsageError(f"{PROG}: error: {e}") from None
     except Exception as e:  # the CLI boundary: any other loading failure as one clear line
         raise UsageError(f"{PROG}: error: cannot load checkpoint {ckpt}: {type(e).__name__}: {e}") from None
 
-    from fastlmk.evaluate import detector_image_size
-
-    size = detector_image_size(detector, config)
+    size = config.image_size
     try:
         records, skipped = detect_images(detector, files, root, size, out_dir=args.out, device=device,
                                          batch_size=args.batch_size, crop=args.crop, crop_scale=args.crop_scale,

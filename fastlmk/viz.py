@@ -29,9 +29,6 @@ LANDMARK_COLORS: tuple[tuple[float, float, float], ...] = tuple(
     )
 )
 
-# Names of the five annotated landmarks, in the order every fastlmk dataset uses.
-LANDMARK_NAMES = ("left eye", "right eye", "nose", "left mouth", "right mouth")
-
 
 def landmark_color(k: int) -> tuple[float, float, float]:
     """RGB colour in [0, 1] of landmark index ``k`` (fixed for the whole package)."""
@@ -187,7 +184,7 @@ def save_grid(rows: list[torch.Tensor], path, points: list[torch.Tensor | None] 
 
 
 # --- plots (matplotlib, Agg backend: works without a display) --------------------------------
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -206,7 +203,7 @@ def loss_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c.lower() not in _NON_LOSS]
 
 
-def _ema(values: list[float], alpha: float) -> list[float]:
+def ema(values: list[float], alpha: float) -> list[float]:
     """Bias-corrected exponential moving average (like TensorBoard's smoothing); NaN-aware."""
     out, acc, weight = [], 0.0, 0.0
     for v in values:
@@ -273,14 +270,14 @@ def plot_losses(csv_path, out_png, smoothing: float | None = None, columns: list
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"fastlmk.viz.plot_losses: smoothing must be in [0, 1), got {smoothing}")
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     try:
         for i, c in enumerate(ycols):
             color = f"C{i % 10}"
             raw = [v if v > 0 else float("nan") for v in table[c]]
             ax.plot(xs, raw, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, _ema(raw, smoothing), color=color, linewidth=1.8, label=c)
+            ax.plot(xs, ema(raw, smoothing), color=color, linewidth=1.8, label=c)
         ax.set_yscale("log")
         ax.set_xlabel(xcol or "row")
         ax.set_ylabel("loss (log scale)")
@@ -309,7 +306,7 @@ def plot_evaluation(results: dict, out_png, title: str | None = None) -> Path:
     the mean-shape baseline / supervised upper bound as horizontal lines. Right: error per
     annotated landmark (regressor fitted on all training images), both variants.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, gridspec_kw={"width_ratios": [1.3, 1]})
     try:
         rows = results["nshot"]
@@ -358,5 +355,5 @@ def plot_evaluation(results: dict, out_png, title: str | None = None) -> Path:
         plt.close(fig)
 
 
-__all__ = ["LANDMARK_COLORS", "LANDMARK_NAMES", "draw_landmarks", "landmark_color", "loss_columns",
+__all__ = ["LANDMARK_COLORS", "draw_landmarks", "landmark_color", "loss_columns",
            "plot_evaluation", "plot_losses", "save_grid"]

@@ -29,7 +29,7 @@ def main(argv=None):
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"error: --out {args.out} exists (use --force to overwrite)")
     det, cfg = load_detector(resolve_checkpoint(args.checkpoint))
-    kw = {"size": cfg["image_size"], "pose": cfg.get("synth_pose", "wild")}
+    kw = cfg.dataset_kwargs("synth")
     train = torch.utils.data.Subset(build_dataset("synth", split="train", **kw), range(args.train))
     test = build_dataset("synth", split="test", **kw)
     with torch.no_grad():

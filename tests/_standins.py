@@ -74,10 +74,9 @@ def tiny_checkpoint(path, num_landmarks: int = 4, image_size: int = 32, seed: in
 
     torch.manual_seed(seed)
     cfg = TrainConfig(num_landmarks=num_landmarks, detector_arch="conv", detector_width=8, image_size=image_size,
-                      eval_train_size=0, eval_test_size=0).to_dict()
-    det = Detector(num_landmarks=num_landmarks, arch="conv", width=8, image_size=image_size,
-                   temperature=cfg["temperature"], std=cfg["gaussian_std"]).eval()
-    save_checkpoint(str(path), {"config": cfg, "detector": det.state_dict(), "step": 0})
+                      eval_train_size=0, eval_test_size=0)
+    det = Detector.from_config(cfg).eval()
+    save_checkpoint(str(path), {"config": cfg.to_dict(), "detector": det.state_dict(), "step": 0})
     return path, det
 
 

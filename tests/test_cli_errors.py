@@ -13,6 +13,7 @@ from PIL import Image
 
 from fastlmk import detect, evaluate
 from fastlmk._cli import UsageError
+from fastlmk.training.config import TrainConfig
 from _standins import BlobDetector, blob_image
 
 
@@ -45,7 +46,7 @@ def folder(tmp_path):
 def ckpt(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     torch.save({"config": {"image_size": 64}}, path)
-    monkeypatch.setattr(detect, "_load_detector", lambda p, device: (BlobDetector(64), {"image_size": 64}))
+    monkeypatch.setattr(detect, "load_detector", lambda p, device, backend="auto": (BlobDetector(64), TrainConfig(image_size=64)))
     return path
 
 
@@ -63,7 +64,7 @@ def test_non_finite_predictions_keep_the_json_valid(folder, ckpt, tmp_path, monk
             pts = super().forward(images).points
             return SimpleNamespace(points=torch.full_like(pts, float("nan")), heatmaps=None, maps=None)
 
-    monkeypatch.setattr(detect, "_load_detector", lambda p, device: (NaNDetector(64), {"image_size": 64}))
+    monkeypatch.setattr(detect, "load_detector", lambda p, device, backend="auto": (NaNDetector(64), TrainConfig(image_size=64)))
     out = tmp_path / "out"
     assert detect.main([str(folder / "a.png"), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress",
                         "--no-overlays"]) == 0

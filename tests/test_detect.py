@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from fastlmk import detect
+from fastlmk.training.config import TrainConfig
 from _standins import BlobDetector, blob_image
 
 
@@ -76,7 +77,7 @@ def test_detect_strict_single_file(tmp_path, image_folder):
 
 def test_overlay_name_collisions(tmp_path):
     files = [tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "b.jpg"]
-    names = detect._overlay_names(files, tmp_path)
+    names = detect.overlay_names(files, tmp_path)
     assert sorted(str(n) for n in names.values()) == ["a_jpg.png", "a_png.png", "b.png"]
 
 
@@ -97,7 +98,7 @@ def standin_checkpoint(tmp_path, monkeypatch):
     tested here; the real-checkpoint test is below)."""
     path = tmp_path / "ckpt.pt"
     torch.save({"config": {"image_size": 64}}, path)
-    monkeypatch.setattr(detect, "_load_detector", lambda p, device: (BlobDetector(64), {"image_size": 64}))
+    monkeypatch.setattr(detect, "load_detector", lambda p, device, backend="auto": (BlobDetector(64), TrainConfig(image_size=64)))
     return path
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from fastlmk import evaluate as ev
+from fastlmk.training.config import TrainConfig
 from _standins import BlobDetector, BlobFaces
 
 # a frontal face with inter-ocular distance 1 (eyes at x = -0.5 and 0.5)
@@ -211,15 +212,17 @@ def test_supervised_upper_bound_trains_and_is_reported(tmp_path):
     history = []
     res = ev.evaluate_detector(BlobDetector(16), train, test, "cpu", out_dir=tmp_path, progress=False,
                                supervised_steps=20, repeats=2,
-                               supervised_config={"arch": "conv", "width": 8, "batch_size": 8, "lr": 3e-3,
-                                                  "history": history})
+                               supervised_config={"model": TrainConfig(detector_width=8), "history": history,
+                                                  "settings": ev.SupervisedSettings(batch_size=8, lr=3e-3)})
     assert len(history) == 20 and all(math.isfinite(h) for h in history)
     assert sum(history[-5:]) / 5 < 0.7 * history[0], history
     sup = res["supervised"]
     assert sup["steps"] == 20 and len(sup["per_landmark"]) == 5 and math.isfinite(sup["error"])
     assert sup["error"] == pytest.approx(sum(sup["per_landmark"]) / 5)
     assert "supervised upper bound" in (tmp_path / "eval.md").read_text()
-    det = ev.train_supervised(train, 1, arch="conv", width=8, batch_size=4, progress=False)
+    assert sup["config"]["betas"] == [0.9, 0.999] and sup["config"]["weight_decay"] == 0.0  # stated in eval.json
+    det = ev.train_supervised(train, 1, TrainConfig(detector_width=8), ev.SupervisedSettings(batch_size=4),
+                              progress=False)
     assert det.num_landmarks == 5 and not det.training
 
 

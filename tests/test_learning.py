@@ -11,7 +11,8 @@ import fastlmk
 from _standins import tiny_train_config
 from fastlmk.training.config import TrainConfig, validate
 from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
-from fastlmk.evaluate import mean_shape_baseline, supervised_config_from
+from fastlmk.evaluate import mean_shape_baseline
+from fastlmk.evaluation.supervised import SupervisedSettings, supervised_model
 from fastlmk.training.losses import equivariance_loss, separation_loss
 from fastlmk.training.model import Detector
 
@@ -174,19 +175,20 @@ def test_eval_split_val(tmp_path):
 
 # ------------------------------------------------------------------------------- supervised bound
 def test_supervised_bound_uses_the_papers_temperature():
-    det = Detector(10, "conv", 8, 32, temperature=1.0, std=1.0, backend="reference")
-    cfg = {"detector_arch": "conv", "detector_width": 8, "temperature": 1.0, "gaussian_std": 1.0,
-           "backend": "reference", "soft_argmax": "spatial"}
-    assert supervised_config_from(det, cfg)["temperature"] == 0.1
-    assert supervised_config_from(det, cfg, temperature=None)["temperature"] == 1.0
-    assert supervised_config_from(det, cfg)["width"] == 8
+    """The bound takes the run's architecture but its own temperature (0.1), unless told None."""
+    run = TrainConfig(detector_arch="conv", detector_width=8, temperature=1.0, gaussian_std=1.0)
+    bound = supervised_model(run, 5, 32, SupervisedSettings())
+    assert (bound.temperature, bound.detector_width, bound.num_landmarks, bound.image_size) == (0.1, 8, 5, 32)
+    assert supervised_model(run, 5, 32, SupervisedSettings(temperature=None)).temperature == 1.0
+    det = Detector.from_config(bound, backend="reference")
+    assert (det.temperature, det.width, det.backend) == (0.1, 8, "reference")
 
 
 # ------------------------------------------------------------------------------- threads
 def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     import os
 
-    from fastlmk.train import auto_threads
+    from fastlmk.training.loop import auto_threads
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))

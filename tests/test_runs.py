@@ -12,7 +12,8 @@ import torch
 
 from fastlmk.training import checkpoint as ckpt_io
 from fastlmk.training.config import TrainConfig, validate
-from fastlmk.train import RUN_MARKER, main, train
+from fastlmk.train import main, train
+from fastlmk.training.rundir import RUN_MARKER
 
 
 def tiny(tmp_path, name, **kw):
@@ -103,7 +104,7 @@ def test_existing_run_name_is_an_error_unless_resuming(tmp_path):
 
 
 def test_default_run_names_are_unique(tmp_path, monkeypatch):
-    import fastlmk.train as tr
+    import fastlmk.training.rundir as tr
 
     monkeypatch.setattr(tr.time, "strftime", lambda fmt, *a: "20260101-000000")  # the same second
     r1 = train(tiny(tmp_path, "", steps=1), progress=False)["run_dir"]

@@ -108,7 +108,8 @@ def test_train_runs_and_writes_its_files(tmp_path, method):
     assert [os.path.basename(p) for p in ckpt_io.list_checkpoints(str(run))] == ["step_00000003.pt", "step_00000004.pt"]
     # load_detector gives back the trained detector
     det, config = ckpt_io.load_detector(str(run))
-    assert config["method"] == method and not det.training
+    assert config.method == method and not det.training
+    assert det.backend == "auto"  # where it runs is chosen when loading, not restored from the run (reference)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(det(x).points, r["model"].detector.eval()(x).points)
@@ -185,10 +186,10 @@ def test_stop_before_the_first_log_row(tmp_path, monkeypatch, capsys, sig, code)
 def test_stop_during_evaluation(tmp_path, monkeypatch, capsys, exc, code):
     """A stop during the final evaluation: training is saved, the resume command (which re-runs
     the evaluation) is printed, exit 130 for Ctrl-C, 0 for SIGTERM."""
-    import fastlmk.train as train_mod
+    import fastlmk.training.loop as train_mod
 
     def interrupted(*args, **kwargs):
-        raise train_mod._Terminated if exc == "terminated" else exc
+        raise train_mod.Terminated if exc == "terminated" else exc
 
     monkeypatch.setattr(train_mod, "evaluate", interrupted)
     (tmp_path / "c.json").write_text(json.dumps(tiny(tmp_path, "ev", eval=True).to_dict()))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from fastlmk import viz
+from fastlmk.data import LANDMARK_NAMES
 
 
 def colour_u8(k):
@@ -114,8 +115,8 @@ def test_loss_columns_of_the_training_log():
 
 
 def test_ema_bias_corrected():
-    assert viz._ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
-    out = viz._ema([1.0, float("nan"), 3.0], 0.5)
+    assert viz.ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    out = viz.ema([1.0, float("nan"), 3.0], 0.5)
     assert out[0] == pytest.approx(1.0) and out[1] == pytest.approx(1.0)
     assert out[2] == pytest.approx((0.5 * 0.5 * 1 + 0.5 * 3) / (0.5 * 0.5 + 0.5))
 
@@ -123,7 +124,7 @@ def test_ema_bias_corrected():
 def test_plot_evaluation(tmp_path):
     row = {"mean": 5.0, "std": 0.5}
     results = {"nshot": [{"n": n, "label": str(n), "repeats": 3, "imm": row, "saic": row} for n in (1, 10, 100)],
-               "per_landmark": {"names": list(viz.LANDMARK_NAMES), "imm": [1, 2, 3, 4, 5], "saic": [1, 2, 3, 4, 5]},
+               "per_landmark": {"names": list(LANDMARK_NAMES), "imm": [1, 2, 3, 4, 5], "saic": [1, 2, 3, 4, 5]},
                "mean_shape": 9.0, "supervised": {"error": 1.0, "per_landmark": [1, 1, 1, 1, 1]}}
     out = viz.plot_evaluation(results, tmp_path / "e.png", title="t")
     with Image.open(out) as im:

@@ -18,10 +18,11 @@ from fastlmk.data._io import ImageReadError
 from fastlmk.data.aflw import AFLWThewlis, AFLWZhang
 from fastlmk.data.celeba import MAFL, CelebA
 from fastlmk.data.folder import ImageFolder
+from fastlmk.data.landmarks import LANDMARK_NAMES
 from fastlmk.data.pairs import Pairs, TPSPairs, border_mask
 from fastlmk.data.synth import SynthFaces, ViewPairs, tune_malloc
 
-__all__ = ["DATASETS", "AFLWThewlis", "AFLWZhang", "CelebA", "ImageFolder", "ImageReadError", "MAFL", "Pairs",
+__all__ = ["DATASETS", "AFLWThewlis", "AFLWZhang", "CelebA", "ImageFolder", "ImageReadError", "LANDMARK_NAMES", "MAFL", "Pairs",
            "SynthFaces", "TPSPairs", "ViewPairs", "border_mask", "build_dataset", "tune_malloc"]
 
 DATASETS = ("synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder")

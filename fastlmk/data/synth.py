@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["SynthFaces", "sample_params", "render_faces", "tune_malloc", "MAFL_NAMES", "EXTRA_NAMES"]
+__all__ = ["SynthFaces", "sample_params", "render_faces", "tune_malloc", "EXTRA_NAMES"]
 
-MAFL_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-EXTRA_NAMES = ("left_brow", "right_brow", "chin")
+# the 5 annotated landmarks are fastlmk.data.landmarks.LANDMARK_NAMES; SynthFaces also knows these
+EXTRA_NAMES = ("left brow", "right brow", "chin")
 
 _SPLITS = ("train", "val", "test")
 # pose regimes (the view's similarity transform and yaw): "wild" like AFLW, "aligned" like MAFL /

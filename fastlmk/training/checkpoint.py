@@ -115,20 +115,22 @@ def load_checkpoint(path: str, map_location="cpu", fallback: bool = False) -> di
     return state
 
 
-def build_detector(config: dict):
-    """A fresh Detector as configured by a TrainConfig dict."""
+def config_of(state: dict):
+    """The TrainConfig of a loaded checkpoint (keys it lacks, from older versions, take today's
+    defaults; an unknown key is a ValueError naming the file)."""
+    from fastlmk.training.config import TrainConfig
+
+    return TrainConfig.from_dict(state["config"], where=state.get("path", "the checkpoint"))
+
+
+def load_detector(path: str, map_location="cpu", backend: str = "auto"):
+    """-> (Detector in eval mode with the trained weights, its TrainConfig). ``backend``: where
+    the detector runs (a run-time choice; the backend the run trained with is not restored)."""
     from fastlmk.training.model import Detector
 
-    return Detector(num_landmarks=config["num_landmarks"], arch=config["detector_arch"], width=config["detector_width"],
-                    image_size=config["image_size"], temperature=config["temperature"], std=config["gaussian_std"],
-                    backend=config.get("backend", "auto"), mode=config.get("soft_argmax", "spatial"))
-
-
-def load_detector(path: str, map_location="cpu"):
-    """-> (Detector in eval mode with the trained weights, config dict)."""
     state = load_checkpoint(path, map_location)
-    config = state["config"]
-    det = build_detector(config)
+    config = config_of(state)
+    det = Detector.from_config(config, backend=backend)
     try:
         det.load_state_dict(state["detector"])
     except RuntimeError as e:

@@ -88,6 +88,20 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, config: dict, where: str = "the config") -> "TrainConfig":
+        """A config stored as a dict (config.json, a checkpoint): missing keys take the defaults
+        above, values are type-checked, an unknown key is a ValueError naming ``where``."""
+        return apply_overrides(cls(), config, where=where)
+
+    def dataset_kwargs(self, name: str | None = None) -> dict:
+        """``fastlmk.data.build_dataset`` keywords this run implies for the data set ``name``
+        (default: its training set): the image size, and SynthFaces' pose regime."""
+        kw = {"size": self.image_size}
+        if (name or self.dataset) == "synth":
+            kw["pose"] = self.synth_pose
+        return kw
+
 
 def preset(name: str, cuda: bool = False) -> TrainConfig:
     """The defaults of a preset. ``auto`` -> ``gpu`` when ``cuda`` else ``cpu``."""
@@ -240,20 +254,25 @@ def check_numbers(cfg: TrainConfig) -> None:
 
 def check_names(cfg: TrainConfig) -> None:
     """The names that used to fail only after the run directory existed (or after the whole
-    training, for --eval-dataset): backend, device, data set names."""
-    from fastlmk import _backends
+    training, for --eval-dataset): data set names, device, backend."""
     from fastlmk.data import DATASETS
 
-    if cfg.backend not in _backends.BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(_backends.BACKENDS)}, got {cfg.backend!r}")
     if cfg.dataset not in DATASETS:
         raise ValueError(f"--dataset: unknown data set {cfg.dataset!r}; valid names: {', '.join(DATASETS)}")
     if cfg.eval_dataset and cfg.eval_dataset not in DATASETS:
         raise ValueError(f"--eval-dataset: unknown data set {cfg.eval_dataset!r}; valid names: {', '.join(DATASETS)}")
-    device = check_device(cfg.device)
-    if cfg.backend not in ("auto", "reference") and not _backends.available(cfg.backend, device):
-        raise ValueError(f"--backend {cfg.backend} cannot run on {device} here: "
-                         f"{_backends._why_unavailable(cfg.backend, device)}")
+    check_backend(cfg.backend, check_device(cfg.device))
+
+
+def check_backend(backend: str, device) -> None:
+    """--backend: one of fastlmk.BACKENDS that can run on ``device`` here (ValueError otherwise)."""
+    from fastlmk import _backends
+
+    if backend not in _backends.BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(_backends.BACKENDS)}, got {backend!r}")
+    if backend not in ("auto", "reference") and not _backends.available(backend, device):
+        raise ValueError(f"--backend {backend} cannot run on {device} here: "
+                         f"{_backends._why_unavailable(backend, device)}")
 
 
 def check_device(spec: str, flag: str = "--device"):

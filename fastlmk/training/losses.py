@@ -19,10 +19,14 @@ Perceptual terms (``PERCEPTUAL``):
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from fastlmk.training.config import TrainConfig
 
 PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")
 FALLBACK = "laplacian"  # chosen by measurement, see docs/training.md
@@ -35,7 +39,7 @@ _VGG_POOLS = (4, 9, 16)
 _VGG_TAPS = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3
 
 
-def _masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``err`` (B, C, H, W) weighted by ``mask`` (B, 1, H', W') resized to H x W."""
     if mask is None:
         return err.mean()
@@ -86,7 +90,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list:
 
 
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    return _masked_mean((x - y).square(), mask)
+    return masked_mean((x - y).square(), mask)
 
 
 class VGG16Features(nn.Module):
@@ -194,6 +198,11 @@ class ReconstructionLoss(nn.Module):
         elif perceptual == "random-conv":
             self.features = RandomConvFeatures()
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> ReconstructionLoss:
+        """The loss of a (validated) TrainConfig whose ``perceptual`` is resolved (not "auto")."""
+        return cls(cfg.perceptual, cfg.vgg_weights or None, cfg.perceptual_weight)
+
     def perceptual(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "none":
             return x.new_zeros(())
@@ -204,12 +213,12 @@ class ReconstructionLoss(nn.Module):
         if self.kind == "ssim":
             from kornia.metrics import ssim
 
-            return _masked_mean(1.0 - ssim(x, y, window_size=7, max_val=1.0), mask)
+            return masked_mean(1.0 - ssim(x, y, window_size=7, max_val=1.0), mask)
         # laplacian: L1 of each band of a Laplacian pyramid (finest band = edges) plus the
         # coarse residual, equal weights; 4 levels (64 px and up), fewer for smaller images
         levels = max(1, min(4, min(x.shape[-2:]).bit_length() - 3))
         px, py = laplacian_pyramid(x, levels), laplacian_pyramid(y, levels)
-        return sum(_masked_mean((a - b).abs(), mask) for a, b in zip(px, py))
+        return sum(masked_mean((a - b).abs(), mask) for a, b in zip(px, py))
 
     def forward(self, pairs, masks: dict | None = None) -> dict:
         """``pairs``: list of (reconstruction, target, which); ``masks[which]`` (B, 1, S, S) or
@@ -250,3 +259,40 @@ def separation_loss(mu: torch.Tensor, std: float) -> torch.Tensor:
     d2 = (mu.float()[:, :, None] - mu.float()[:, None]).square().sum(-1)  # (B, K, K)
     off = ~torch.eye(K, dtype=torch.bool, device=mu.device)
     return torch.exp(-d2[:, off] / (2 * std * std)).mean()
+
+
+LOSS_TERMS = ("loss", "mse", "perceptual", "equivariance", "separation")  # logged per step (log.csv, history)
+
+
+class TrainingLoss(nn.Module):
+    """The loss of one training step: the reconstruction loss of the method, plus the optional
+    [ours] equivariance and separation terms (weight 0 = off, the paper's objective).
+
+    ``forward(out, pairs)``: ``out`` is ``LandmarkAutoencoder.forward``'s dict, ``pairs`` the
+    ``fastlmk.data.Pairs`` it ran on. Returns a dict of float32 scalars, one per ``LOSS_TERMS``
+    (terms that are off are zeros), ``"loss"`` the weighted sum to minimise."""
+
+    def __init__(self, reconstruction: ReconstructionLoss, equivariance_weight: float = 0.0,
+                 separation_weight: float = 0.0, separation_std: float = 0.08):
+        super().__init__()
+        self.reconstruction = reconstruction
+        self.equivariance_weight, self.separation_weight = equivariance_weight, separation_weight
+        self.separation_std = separation_std
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> TrainingLoss:
+        return cls(ReconstructionLoss.from_config(cfg), cfg.equivariance_weight, cfg.separation_weight,
+                   cfg.separation_std)
+
+    def forward(self, out: dict, pairs) -> dict:
+        losses = self.reconstruction(out["targets"], {"x": pairs.mask, "x_prime": pairs.mask_prime})
+        device = losses["loss"].device
+        losses["equivariance"] = losses["separation"] = torch.zeros((), device=device)
+        if self.equivariance_weight > 0:  # a direct signal for the detector [ours]
+            losses["equivariance"] = equivariance_loss(out["mu"], out["mu_prime"], pairs.tps, pairs.tps_prime)
+            losses["loss"] = losses["loss"] + self.equivariance_weight * losses["equivariance"]
+        if self.separation_weight > 0:  # keeps the points of an image apart [ours]
+            losses["separation"] = sum(separation_loss(out[k], self.separation_std) for k in ("mu", "mu_prime")
+                                       if k in out)
+            losses["loss"] = losses["loss"] + self.separation_weight * losses["separation"]
+        return losses

@@ -7,12 +7,12 @@
   the geometry of the maps (StarGAN-like).
 * :class:`LandmarkAutoencoder`: ``D`` and ``P`` together; its ``forward`` is the generator side
   of one training step, "inter-intra" (the seed paper) or "intra" (IMM/SAIC baseline). The loss
-  is in :mod:`fastlmk.training.losses`, the loop in :mod:`fastlmk.train`.
+  is in :mod:`fastlmk.training.losses`, the loop in :mod:`fastlmk.training.loop`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 import fastlmk
 from fastlmk.soft_argmax import MODES as SOFT_ARGMAX_MODES
+
+if TYPE_CHECKING:
+    from fastlmk.training.config import TrainConfig
 
 ARCHS = ("hourglass", "conv")
 METHODS = ("inter-intra", "intra")
@@ -141,6 +144,14 @@ class Detector(nn.Module):
         c = width if arch == "hourglass" else 4 * width
         self.head = nn.Conv2d(c, num_landmarks, 1)  # 1x1 conv to the K heatmaps
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, backend: str = "auto") -> Detector:
+        """The detector a (validated) TrainConfig describes. ``backend`` is where it runs, a
+        run-time choice: a checkpoint's config says how the model was trained, not where it runs."""
+        return cls(num_landmarks=cfg.num_landmarks, arch=cfg.detector_arch, width=cfg.detector_width,
+                   image_size=cfg.image_size, temperature=cfg.temperature, std=cfg.gaussian_std,
+                   backend=backend, mode=cfg.soft_argmax)
+
     def render(self, points: torch.Tensor) -> torch.Tensor:
         """G(mu): (B, K, 2) -> (B, K, h, w) Gaussian maps."""
         h = self.map_size
@@ -197,6 +208,10 @@ class Generator(nn.Module):
         self.res = nn.Sequential(*[ResBlock(c) for _ in range(num_res)])
         self.decode = nn.Sequential(*up(c, 2 * w), *up(2 * w, w), nn.Conv2d(w, 3, 7, padding=3))
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Generator:
+        return cls(cfg.num_landmarks, cfg.generator_width, cfg.generator_res)
+
     def forward(self, image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         f = self.encode(image)  # (B, 4w, h, w)
         if maps.shape[-2:] != f.shape[-2:]:
@@ -238,13 +253,43 @@ class LandmarkAutoencoder(nn.Module):
     """
 
     def __init__(self, detector: Detector, generator: Generator, method: str = "inter-intra",
-                 points_of_x: bool = False):
+                 points_of_x: bool = False, intra_warmup: int = 0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.detector, self.generator, self.method = detector, generator, method
         # intra computes only mu' = D(x'); the equivariance term also needs mu = D(x) (one more pass)
         self.points_of_x = points_of_x
+        self.trained_method, self.intra_warmup = method, intra_warmup  # [ours] intra for the first steps
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> LandmarkAutoencoder:
+        """D and P of a (validated) TrainConfig, built in this order (the seed's draws are the same
+        as ever); D runs on ``cfg.backend``."""
+        detector = Detector.from_config(cfg, backend=cfg.backend)
+        return cls(detector, Generator.from_config(cfg), cfg.method, points_of_x=cfg.equivariance_weight > 0,
+                   intra_warmup=cfg.intra_warmup)
+
+    def begin_step(self, step: int, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Set up training step ``step`` (0-based): its objective (``intra`` during the optional
+        warm-up [ours], then the method's) and its auxiliary subjects: a derangement of the batch
+        drawn from ``generator`` for inter-intra, None for intra (nothing drawn). Pass the result
+        to ``forward`` as ``aux``. (Drawn here, outside ``forward``, so that a compiled forward
+        has no data-dependent loop.)"""
+        self.method = "intra" if step < self.intra_warmup else self.trained_method
+        return derangement(batch_size, generator) if self.method == "inter-intra" else None
+
+    def sample_rows(self, x: torch.Tensor, x_prime: torch.Tensor, out: dict) -> list:
+        """The rows of a sample grid of ``forward``'s output ``out`` for the current objective:
+        (title, images (B, 3, S, S), points (B, K, 2) or None)."""
+        if self.method == "intra":
+            return [("x", x, None), ("x'", x_prime, out["mu_prime"]),
+                    ("x^' = P(x, G(mu'))", out["x_hat_prime"], out["mu_prime"])]
+        return [("x", x, out["mu"]), ("x'", x_prime, out["mu_prime"]),
+                ("x_a", out["x_aux"], out["mu_aux"]), ("x~ = P(x, G(mu_a))", out["x_tilde"], out["mu_aux"]),
+                ("x~' = P(x', G(mu_a))", out["x_tilde_prime"], out["mu_aux"]),
+                ("x^' = P(x~, G(mu'))", out["x_hat_prime"], out["mu_prime"]),
+                ("x^ = P(x~', G(mu))", out["x_hat"], out["mu"])]
 
     def forward(self, x: torch.Tensor, x_prime: torch.Tensor, aux: torch.Tensor | None = None) -> dict:
         D, P = self.detector, self.generator
@@ -256,7 +301,8 @@ class LandmarkAutoencoder(nn.Module):
                 out["mu"] = D(x).points
             return out
         if aux is None:
-            raise ValueError("inter-intra needs aux, a derangement of the batch")
+            raise ValueError("inter-intra needs aux, a derangement of the batch (begin_step draws it)")
+        aux = aux.to(x.device)
         x_a = x[aux]  # auxiliary subject: another person of the batch
         # three detector passes. D(x_a) is D(x) re-indexed: every layer acts per sample except
         # BatchNorm, whose batch statistics do not depend on the order of the batch, so

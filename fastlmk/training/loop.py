@@ -1,0 +1,417 @@
+"""The training loop: ``train(cfg)`` (``python -m fastlmk.train``, docs/training.md).
+
+Top to bottom: config -> processes -> data -> model -> (resume) -> loop { TPS pairs, auxiliary
+subjects, forward, loss, backward, clip, step; then the bookkeeping } -> checkpoint -> evaluate.
+The step is in the middle of :func:`train`; the bookkeeping is in :mod:`fastlmk.training.logbook`,
+the run directory in :mod:`fastlmk.training.rundir`.
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m fastlmk.train ...`` (DDP, detected from
+RANK / WORLD_SIZE / LOCAL_RANK); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from fastlmk.training import checkpoint as ckpt_io
+from fastlmk.training.config import TrainConfig, validate
+from fastlmk.training.logbook import (LossWindow, RunLog, WarmupTimer, _optional, fmt_time, forecast, loss_values,
+                                      seconds_per_image)
+from fastlmk.training.losses import FALLBACK, TrainingLoss
+from fastlmk.training.model import Detector, LandmarkAutoencoder
+from fastlmk.training.rundir import open_run_dir, plan_run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# the training loop
+# --------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    """Train with ``cfg`` (continuing the checkpoint ``resume`` when given).
+
+    Returns a summary dict: run_dir, step, history (list of logged rows), eval (dict or None),
+    stopped ("" or why training stopped early), model (the trained LandmarkAutoencoder)."""
+    validate(cfg)  # every user error is reported before anything is created or written
+    procs = Processes.start(cfg)
+    device = procs.device
+    use_amp = cfg.amp and device.type == "cuda"  # bf16 autocast; on the CPU: plain float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    # ---- resume: the checkpoint's config wins (the caller applied command-line changes) ----
+    state = ckpt_io.load_checkpoint(resume) if resume else None
+    if cfg.perceptual == "auto":  # (validated above: "vgg" only when the weights file exists)
+        cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
+    run_dir, continued = plan_run_dir(cfg, state) if procs.master else ("", state is not None)
+
+    # ---- data: images from the data set, pairs made on the training device ----
+    dataset, make_pairs = training_data(cfg, procs.world)
+
+    # ---- model: detector D, generator P, one Adam over both (method.md section 4); the loss ----
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = LandmarkAutoencoder.from_config(cfg).to(device)
+    objective = TrainingLoss.from_config(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                 weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    streams = RandomStreams(cfg.seed, procs.rank, device)  # TPS warps, auxiliary subjects
+    step = 0 if state is None else restore(state, model, optimizer, scheduler, streams, procs)
+    core = model  # the LandmarkAutoencoder, for state dicts, clipping and the step's set-up
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if device.type == "cuda" else None)
+    forward = torch.compile(model) if cfg.compile else model
+    batches = batch_stream(dataset, cfg, procs, step)
+
+    # ---- run directory (rank 0 writes everything; planned and checked above) ----
+    book = None
+    if procs.master:
+        run_dir = open_run_dir(run_dir, continued, unique=not (cfg.run_name and state is None), cfg=cfg)
+        book = RunLog(run_dir, step, continued, cfg.tensorboard)
+        print(describe(cfg, run_dir, procs, step, use_amp), flush=True)
+        if progress:
+            book.start_progress(step, cfg.steps)
+
+    def save(at_step):
+        save_state(at_step, cfg, procs, run_dir, core, optimizer, scheduler, streams)
+
+    # ---- the loop ----
+    model.train()
+    history, stopped, t_start = [], "", time.time()
+    window, timer, last = LossWindow(), WarmupTimer(step), None
+    with StopFlag() as stop:
+        while step < cfg.steps:
+            batch = next(batches)
+            images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
+            # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
+            second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
+            pairs = make_pairs(images, generator=streams.pairs, second=second)
+            # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
+            aux = core.begin_step(step, images.shape[0], streams.aux)
+            # 3-4. detector and generator passes (fastlmk.training.model.LandmarkAutoencoder)
+            with autocast:
+                out = forward(pairs.x, pairs.x_prime, aux)
+            # 5. loss: masked MSE + perceptual on each reconstruction (+ [ours] terms), in float32
+            losses = objective(out, pairs)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if cfg.grad_clip > 0:  # detector and generator clipped separately
+                torch.nn.utils.clip_grad_norm_(core.detector.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(core.generator.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            # ---- bookkeeping ----
+            window.add(loss_values(losses, step), images.shape[0] * procs.world)
+            per_step = timer.tick(step)
+            if per_step is not None and book:
+                book.write(forecast(cfg, step, per_step, seconds_per_image(core.detector, pairs.x), procs.world,
+                                    time.time() - t_start))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                history.append(window.row(step, scheduler.get_last_lr()[0], t_start))
+                if book:
+                    book.log(history[-1])
+                window = LossWindow()
+            if book:
+                book.advance()
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    book.save_samples(step, core.sample_rows(pairs.x, pairs.x_prime, out))
+            last = (pairs, out)
+            if stop_requested(stop, cfg, t_start, procs) and step < cfg.steps:
+                stopped = stop.reason or (f"time limit ({cfg.max_minutes:g} min)" if cfg.max_minutes
+                                          else "another rank stopped")
+                break
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+    if book:
+        book.close_progress()
+    save(step)
+
+    # ---- wrap-up: last samples, loss curve, evaluation (rank 0) ----
+    result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped, "model": core}
+    if book:
+        if last is not None:
+            book.save_samples(step, core.sample_rows(last[0].x, last[0].x_prime, last[1]))
+        book.close(step, cfg.log_every, cfg.steps)
+        finish(cfg, core.detector, run_dir, step, device, result)
+    if procs.ddp:
+        dist.barrier()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# the pieces train() calls, in its order
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Processes:
+    """This process in the (torchrun) group: world size, ranks, its device and CPU threads."""
+
+    world: int
+    rank: int
+    local_rank: int
+    device: torch.device
+    threads: int
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, cfg: TrainConfig) -> Processes:
+        """Read RANK / WORLD_SIZE / LOCAL_RANK, pick the device, set threads and cuDNN, and join
+        the process group when there are several processes."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        threads = cfg.threads or auto_threads()
+        torch.set_num_threads(threads)
+        if cfg.device == "auto":
+            device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(cfg.device)
+            if device.type == "cuda" and world > 1:
+                device = torch.device(f"cuda:{local_rank}")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.deterministic = cfg.deterministic
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(world, rank, local_rank, device, threads)
+
+
+def auto_threads() -> int:
+    """CPU threads for ``threads=0``: the cores not already busy (cores minus the rounded 1-minute
+    load average, at least 1). On a shared machine more torch threads than free cores make
+    OpenMP's waiting threads spin against the neighbours: measured on the 2-core VM with one
+    other busy process, 2 threads took 3.3-3.6 s per default step and 1 thread 1.3-1.5 s."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        busy = 0.0
+    return max(1, min(cores, cores - int(round(busy))))
+
+
+def training_data(cfg: TrainConfig, world: int):
+    """-> (the training data set, the pair maker): images from ``fastlmk.data``, pairs made on the
+    training device by ``TPSPairs`` (x and x' from two views of one subject with ``pairs='views'``)."""
+    from fastlmk.data import TPSPairs, ViewPairs, build_dataset  # noqa: PLC0415 (the data package is heavy)
+
+    kw = cfg.dataset_kwargs()
+    if cfg.dataset == "synth":
+        kw["static_background"] = cfg.pairs == "views"
+        if cfg.train_length:
+            kw["length"] = cfg.train_length
+    dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", **kw)
+    if cfg.pairs == "views":  # [ours]
+        dataset = ViewPairs(dataset)
+    if len(dataset) < cfg.batch_size * world:
+        raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {world} processes)")
+    make_pairs = TPSPairs(grid_size=cfg.tps_grid, rotation_std=cfg.rotation_std, scale_std=cfg.scale_std,
+                          translation_std=cfg.translation_std, warp_std=cfg.warp_std,
+                          extra_warp_prob=cfg.extra_warp_prob, mask_margin=cfg.mask_margin, backend=cfg.backend)
+    return dataset, make_pairs
+
+
+class RandomStreams:
+    """The step's own random streams, seeded per process: ``pairs`` (TPS warps, on the training
+    device) and ``aux`` (auxiliary subjects, on the CPU). Checkpoints keep their states with
+    torch's global ones."""
+
+    def __init__(self, seed: int, rank: int, device: torch.device):
+        self.pairs = torch.Generator(device=device).manual_seed(seed * 1009 + rank + 1)
+        self.aux = torch.Generator().manual_seed(seed * 1009 + rank + 7919)
+
+    def state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "pairs": self.pairs.get_state(), "aux": self.aux.get_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        self.pairs.set_state(state["pairs"])
+        self.aux.set_state(state["aux"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore(state: dict, model: LandmarkAutoencoder, optimizer, scheduler, streams: RandomStreams,
+            procs: Processes) -> int:
+    """Load a checkpoint's weights, optimizer, schedule and random streams; returns its step."""
+    model.detector.load_state_dict(state["detector"])
+    model.generator.load_state_dict(state["generator"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("world_size", 1) != procs.world:
+        raise ValueError(f"{state['path']} was written by {state.get('world_size', 1)} process(es); resume with "
+                         f"as many (data order and random streams are per process), not {procs.world}")
+    streams.set_state(state["rng"][procs.rank] if procs.ddp else state["rng"])
+    return state["step"]
+
+
+def batch_stream(dataset, cfg: TrainConfig, procs: Processes, start_step: int):
+    """Endless batches from ``start_step`` on. Data order: DistributedSampler's per-epoch
+    permutation (seeded); resuming skips the batches already used in the current epoch at the
+    index level (no image is loaded)."""
+    sampler = DistributedSampler(dataset, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    per_epoch = len(sampler) // cfg.batch_size
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        order = list(sampler)[skip * cfg.batch_size: per_epoch * cfg.batch_size]
+        yield from DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
+                              num_workers=cfg.num_workers, pin_memory=procs.device.type == "cuda",
+                              persistent_workers=False)
+        epoch, skip = epoch + 1, 0
+
+
+def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_amp: bool) -> str:
+    """The lines printed when a run starts."""
+    return (f"run directory: {run_dir}\n{procs.world} process(es) on {procs.device}, {cfg.method}, "
+            f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px, batch "
+            f"{cfg.batch_size}x{procs.world}, perceptual={cfg.perceptual}, backend={cfg.backend}"
+            f"{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}"
+            f"{f', {procs.threads} CPU thread(s)' if procs.device.type == 'cpu' else ''}; step {step} -> {cfg.steps}")
+
+
+def check_finite_weights(model, step: int) -> None:
+    """Never save non-finite weights as if they were a result."""
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise FloatingPointError(f"the weights are not finite after step {step} ({name}); not saving them. "
+                                     "Earlier checkpoints are kept; lower --lr or check the data and config")
+
+
+def save_state(step: int, cfg: TrainConfig, procs: Processes, run_dir: str, model: LandmarkAutoencoder,
+               optimizer, scheduler, streams: RandomStreams) -> None:
+    """Checkpoint ``step``: every rank calls it (the random states are gathered), rank 0 writes."""
+    check_finite_weights(model, step)
+    rng = streams.state()
+    if procs.ddp:
+        every = [None] * procs.world
+        dist.all_gather_object(every, rng)
+        rng = every
+    if procs.master:
+        ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(run_dir, step), {
+            "config": cfg.to_dict(), "step": step, "world_size": procs.world,
+            "detector": model.detector.state_dict(), "generator": model.generator.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng})
+        ckpt_io.prune_checkpoints(run_dir, cfg.keep_last)
+
+
+def stop_requested(stop: StopFlag, cfg: TrainConfig, t_start: float, procs: Processes) -> bool:
+    """A signal or the time limit, agreed by all ranks (a tiny all-reduce keeps them in step)."""
+    want = stop.set or (cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes)
+    if procs.ddp:
+        flag = torch.tensor([float(want)], device=procs.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        want = bool(flag.item())
+    return want
+
+
+def finish(cfg: TrainConfig, detector: Detector, run_dir: str, step: int, device, result: dict) -> None:
+    """After the last checkpoint (rank 0): say how to continue a stopped run, else evaluate."""
+    stopped = result["stopped"]
+    if stopped and stopped in ("SIGINT", "SIGTERM"):
+        print(f"stopped by {stopped} at step {step}; checkpoint saved. Continue with: "
+              f"python -m fastlmk.train --resume {run_dir}", flush=True)
+    elif cfg.eval:
+        try:
+            result["eval"] = evaluate(detector, cfg, run_dir, device)
+        except KeyboardInterrupt as e:  # training is complete and saved; resuming re-runs the evaluation
+            result["stopped"] = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            print(f"\nevaluation interrupted; checkpoint saved at step {step}. Evaluate with: "
+                  f"python -m fastlmk.train --resume {run_dir}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the final evaluation
+# --------------------------------------------------------------------------------------------
+def eval_sets(cfg: TrainConfig, build_dataset):
+    """(train_set, test_set) with ground-truth landmarks for the final evaluation, or None."""
+    name = cfg.eval_dataset or {"synth": "synth", "celeba": "mafl"}.get(cfg.dataset, cfg.dataset)
+    if name == "folder":
+        return None
+    kw = cfg.dataset_kwargs(name)
+    train = build_dataset(name, cfg.data_root or None, split="train", **kw)
+    test = build_dataset(name, cfg.data_root or None, split=cfg.eval_split, **kw)
+    if cfg.eval_train_size and len(train) > cfg.eval_train_size:
+        train = Subset(train, range(cfg.eval_train_size))
+    if cfg.eval_test_size and len(test) > cfg.eval_test_size:
+        test = Subset(test, range(cfg.eval_test_size))
+    return train, test
+
+
+def evaluate(detector: Detector, cfg: TrainConfig, run_dir: str, device) -> dict | None:
+    """fastlmk.evaluate.evaluate_detector on the annotated splits; writes eval.json / eval.md."""
+    ev = _optional("fastlmk.evaluate")
+    if ev is None:
+        return None
+    from fastlmk.data import build_dataset
+
+    sets = eval_sets(cfg, build_dataset)
+    if sets is None:
+        print(f"no annotated evaluation set for dataset {cfg.dataset!r}; skipping the evaluation")
+        return None
+    detector.eval()
+    t0 = time.time()
+    result = ev.evaluate_detector(detector, sets[0], sets[1], device, out_dir=run_dir)
+    if not os.path.exists(os.path.join(run_dir, "eval.json")):
+        with open(os.path.join(run_dir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    print(f"evaluation ({fmt_time(time.time() - t0)}) written to {run_dir}/eval.json and eval.md", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# stopping: SIGINT / SIGTERM
+# --------------------------------------------------------------------------------------------
+class StopFlag:
+    """SIGINT / SIGTERM set a flag; the loop checkpoints at the end of the current step and
+    exits. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set, self.reason, self._old = False, "", {}
+
+    def __enter__(self):
+        if hasattr(signal, "SIGTERM") and is_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set, self.reason = True, signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (setup, evaluation): stop like Ctrl-C, but exit 0."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+def is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
