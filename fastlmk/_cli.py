@@ -51,6 +51,13 @@ def check_device(prog: str, spec):
         raise UsageError(f"{prog}: error: {e}") from None
 
 
+def add_backend_argument(parser) -> None:
+    """--backend: where the fastlmk ops run, chosen per command (not restored from a checkpoint)."""
+    parser.add_argument("--backend", default="auto",
+                        help="backend of the fastlmk ops: auto | reference | cpu | cuda | triton (default auto; "
+                             "the backend the run trained with is not restored)")
+
+
 def check_backend(prog: str, backend: str, device) -> None:
     """--backend: a backend name that can run on ``device`` here (UsageError otherwise)."""
     from fastlmk.training.config import check_backend as _check

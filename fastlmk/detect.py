@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from fastlmk._cli import UsageError, check_backend, check_device, check_output_dir, run
+from fastlmk._cli import UsageError, add_backend_argument, check_backend, check_device, check_output_dir, run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 PROG = "fastlmk.detect"
@@ -328,9 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="write only the landmarks file")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--backend", default="auto",
-                   help="backend of the fastlmk ops: auto | reference | cpu | cuda | triton (default auto; the "
-                        "backend the run trained with is not restored)")
+    add_backend_argument(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 

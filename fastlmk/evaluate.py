@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fastlmk._cli import UsageError, check_backend, check_device, check_finite, check_output_dir, run
+from fastlmk._cli import (UsageError, add_backend_argument, check_backend, check_device, check_finite,
+                          check_output_dir, run)
 from fastlmk.evaluation.pipeline import evaluate_detector
 from fastlmk.evaluation.protocol import (DEFAULT_REPEATS, DEFAULT_RIDGE, DEFAULT_SHOTS, VARIANTS, apply_linear,
                                          evaluate_landmarks, extract_points, fit_linear, mean_shape_baseline,
@@ -59,9 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--backend", default="auto",
-                   help="backend of the fastlmk ops: auto | reference | cpu | cuda | triton (default auto; the "
-                        "backend the run trained with is not restored)")
+    add_backend_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
