@@ -13,7 +13,7 @@ from fastlmk.training.config import TrainConfig, validate
 from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
 from fastlmk.evaluate import mean_shape_baseline
 from fastlmk.evaluation.supervised import SupervisedSettings, supervised_model
-from fastlmk.training.losses import equivariance_loss, separation_loss
+from fastlmk.training.losses import concentration_loss, equivariance_loss, separation_loss
 from fastlmk.training.model import Detector
 
 torch.set_num_threads(1)
@@ -130,6 +130,21 @@ def test_separation_loss():
     assert float(separation_loss(far, 0.1)) < 1e-30
 
 
+def test_concentration_loss():
+    """var_x + var_y of softmax(logits / T) over the map, by hand on a 2 x 3 map."""
+    logits = torch.tensor([[[[0.0, 1.0, 2.0], [0.5, -1.0, 0.0]]]])
+    p = torch.softmax(logits.flatten() / 0.5, 0).reshape(2, 3)
+    xs, ys = torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 1.0])
+    ex, ey = (p * xs).sum(), (p * ys[:, None]).sum()
+    want = (p * (xs - ex).square()).sum() + (p * (ys[:, None] - ey).square()).sum()
+    torch.testing.assert_close(concentration_loss(logits, 0.5), want)
+    peak = torch.full((2, 3, 5, 5), -1e4)
+    peak[..., 2, 3] = 0.0  # all mass on one cell: no spread
+    assert float(concentration_loss(peak, 1.0)) == pytest.approx(0.0, abs=1e-9)
+    flat = concentration_loss(torch.zeros(1, 1, 5, 5), 1.0)  # uniform over the grid -1, -0.5, ..., 1
+    assert float(flat) == pytest.approx(2 * 0.5, rel=1e-5)
+
+
 def tiny(tmp_path, name, **kw):
     return tiny_train_config(tmp_path, name, **{"steps": 4, "ckpt_every": 0, **kw})
 
@@ -150,6 +165,14 @@ def test_separation_term_is_added(tmp_path):
     for h in r["history"]:
         assert h["separation"] > 0
         assert abs(h["loss"] - h["mse"] - h["perceptual"] - h["equivariance"] - 2.0 * h["separation"]) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["intra", "inter-intra"])
+def test_concentration_term_is_added(tmp_path, method):
+    r = train(tiny(tmp_path, method, method=method, concentration_weight=3.0), progress=False)
+    for h in r["history"]:
+        assert h["concentration"] > 0
+        assert abs(h["loss"] - h["mse"] - h["perceptual"] - 3.0 * h["concentration"]) < 1e-5
 
 
 def test_paper_objective_has_no_equivariance_term(tmp_path):

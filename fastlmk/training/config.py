@@ -49,6 +49,7 @@ class TrainConfig:
     mask_margin: float = 0.1  # width of the smooth border mask ramp
     equivariance_weight: float = 0.0  # [ours] weight of |T(D(x)) - T'(D(x'))|^2 (points mapped back to the source image); 0 = the paper's objective
     separation_weight: float = 0.0  # [ours] weight of a term that keeps the K points of an image apart (with equivariance)
+    concentration_weight: float = 0.0  # [ours] weight of a term that makes each landmark's heatmap distribution concentrated
     separation_std: float = 0.08  # [ours] length scale of that term, normalised units ([-1, 1])
     intra_warmup: int = 0  # [ours] train the first N steps with the intra objective, then the method's (inter-intra)
     # --- optimisation (method.md section 4) ---
@@ -207,6 +208,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")
     need(cfg.equivariance_weight >= 0, f"equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
     need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")
+    need(cfg.concentration_weight >= 0, f"concentration_weight must be >= 0, got {cfg.concentration_weight}")
     need(cfg.separation_std > 0, f"separation_std must be > 0, got {cfg.separation_std}")
     need(cfg.intra_warmup >= 0, f"intra_warmup must be >= 0, got {cfg.intra_warmup}")
     check_numbers(cfg)

@@ -261,33 +261,53 @@ def separation_loss(mu: torch.Tensor, std: float) -> torch.Tensor:
     return torch.exp(-d2[:, off] / (2 * std * std)).mean()
 
 
-LOSS_TERMS = ("loss", "mse", "perceptual", "equivariance", "separation")  # logged per step (log.csv, history)
+LOSS_TERMS = ("loss", "mse", "perceptual", "equivariance", "separation", "concentration")  # logged per step (log.csv, history)
+
+
+def concentration_loss(heatmaps: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[ours, after Zhang et al. 2018] spread of each landmark's soft-argmax distribution:
+    ``mean over (b, k) of var_x + var_y`` of ``softmax(heatmaps / T)`` over the map, coordinates
+    in normalised units (pixel centres at -1 and +1, as :func:`fastlmk.soft_argmax`).
+
+    A broad distribution puts its point at the centroid of a large region (it moves with the
+    whole head); a concentrated one must sit on one local structure. ``heatmaps``: (B, K, h, w)
+    logits."""
+    B, K, h, w = heatmaps.shape
+    p = torch.softmax(heatmaps.float().reshape(B, K, h * w) / temperature, -1).reshape(B, K, h, w)
+    ys = torch.linspace(-1, 1, h, device=heatmaps.device)
+    xs = torch.linspace(-1, 1, w, device=heatmaps.device)
+    px, py = p.sum(2), p.sum(3)  # marginals (B, K, w), (B, K, h)
+    var_x = (px * xs.square()).sum(-1) - (px * xs).sum(-1).square()
+    var_y = (py * ys.square()).sum(-1) - (py * ys).sum(-1).square()
+    return (var_x + var_y).mean()
 
 
 class TrainingLoss(nn.Module):
     """The loss of one training step: the reconstruction loss of the method, plus the optional
-    [ours] equivariance and separation terms (weight 0 = off, the paper's objective).
+    [ours] equivariance, separation and concentration terms (weight 0 = off, the paper's objective).
 
     ``forward(out, pairs)``: ``out`` is ``LandmarkAutoencoder.forward``'s dict, ``pairs`` the
     ``fastlmk.data.Pairs`` it ran on. Returns a dict of float32 scalars, one per ``LOSS_TERMS``
     (terms that are off are zeros), ``"loss"`` the weighted sum to minimise."""
 
     def __init__(self, reconstruction: ReconstructionLoss, equivariance_weight: float = 0.0,
-                 separation_weight: float = 0.0, separation_std: float = 0.08):
+                 separation_weight: float = 0.0, separation_std: float = 0.08,
+                 concentration_weight: float = 0.0, temperature: float = 1.0):
         super().__init__()
         self.reconstruction = reconstruction
         self.equivariance_weight, self.separation_weight = equivariance_weight, separation_weight
         self.separation_std = separation_std
+        self.concentration_weight, self.temperature = concentration_weight, temperature
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> TrainingLoss:
         return cls(ReconstructionLoss.from_config(cfg), cfg.equivariance_weight, cfg.separation_weight,
-                   cfg.separation_std)
+                   cfg.separation_std, cfg.concentration_weight, cfg.temperature)
 
     def forward(self, out: dict, pairs) -> dict:
         losses = self.reconstruction(out["targets"], {"x": pairs.mask, "x_prime": pairs.mask_prime})
         device = losses["loss"].device
-        losses["equivariance"] = losses["separation"] = torch.zeros((), device=device)
+        losses["equivariance"] = losses["separation"] = losses["concentration"] = torch.zeros((), device=device)
         if self.equivariance_weight > 0:  # a direct signal for the detector [ours]
             losses["equivariance"] = equivariance_loss(out["mu"], out["mu_prime"], pairs.tps, pairs.tps_prime)
             losses["loss"] = losses["loss"] + self.equivariance_weight * losses["equivariance"]
@@ -295,4 +315,8 @@ class TrainingLoss(nn.Module):
             losses["separation"] = sum(separation_loss(out[k], self.separation_std) for k in ("mu", "mu_prime")
                                        if k in out)
             losses["loss"] = losses["loss"] + self.separation_weight * losses["separation"]
+        if self.concentration_weight > 0:  # makes each heatmap peak on one spot [ours]
+            losses["concentration"] = sum(concentration_loss(out[k], self.temperature)
+                                          for k in ("heatmaps", "heatmaps_prime") if k in out)
+            losses["loss"] = losses["loss"] + self.concentration_weight * losses["concentration"]
         return losses

@@ -296,7 +296,7 @@ class LandmarkAutoencoder(nn.Module):
         if self.method == "intra":
             d_p = D(x_prime)  # mu' = D(x')
             x_hat_p = P(x, d_p.maps)  # x^' = P(x, G(mu'))
-            out = {"mu_prime": d_p.points, "x_hat_prime": x_hat_p, "targets": [(x_hat_p, x_prime, "x_prime")]}
+            out = {"mu_prime": d_p.points, "heatmaps_prime": d_p.heatmaps, "x_hat_prime": x_hat_p, "targets": [(x_hat_p, x_prime, "x_prime")]}
             if self.points_of_x:
                 out["mu"] = D(x).points
             return out
@@ -316,6 +316,6 @@ class LandmarkAutoencoder(nn.Module):
         x_tilde_p = P(x_prime, G_mu_a)  # x~' = P(x', G(mu_a)): x' re-posed to the auxiliary geometry
         x_hat_p = P(x_tilde, G_mu_p)  # x^' = P(x~,  G(mu')): forward path, back to x'
         x_hat = P(x_tilde_p, G_mu)  # x^  = P(x~', G(mu)):  backward path, back to x
-        return {"mu": mu, "mu_prime": mu_p, "mu_aux": mu_a, "x_aux": x_a,
+        return {"mu": mu, "mu_prime": mu_p, "heatmaps": d.heatmaps, "heatmaps_prime": d_p.heatmaps, "mu_aux": mu_a, "x_aux": x_a,
                 "x_tilde": x_tilde, "x_tilde_prime": x_tilde_p, "x_hat": x_hat, "x_hat_prime": x_hat_p,
                 "targets": [(x_hat, x, "x"), (x_hat_p, x_prime, "x_prime")]}
