@@ -220,3 +220,28 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert auto_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
     assert auto_threads() == 1
+
+
+# ------------------------------------------------------------------------------------ presets
+def test_cpu_preset_switches_on_the_measured_additions_and_cpu_paper_is_the_papers_objective():
+    from fastlmk.training.config import preset
+
+    cpu, paper = preset("cpu"), preset("cpu-paper")
+    assert (cpu.warp_std, cpu.equivariance_weight, cpu.separation_weight) == (0.05, 1.0, 1.0)
+    assert (paper.warp_std, paper.equivariance_weight, paper.separation_weight, paper.concentration_weight) == (
+        TrainConfig().warp_std, 0.0, 0.0, 0.0)
+    # the same budget and bottleneck: only the objective differs
+    differ = {k for k in TrainConfig.__dataclass_fields__ if getattr(cpu, k) != getattr(paper, k)}
+    assert differ == {"preset", "warp_std", "equivariance_weight", "separation_weight"}
+    validate(cpu)
+    validate(paper)
+
+
+def test_views_pairs_with_the_cpu_preset_is_a_clear_error():
+    from fastlmk.training.config import parse_args
+
+    cfg, _ = parse_args(["--preset", "cpu", "--pairs", "views", "--no-eval"])
+    with pytest.raises(ValueError, match="--equivariance-weight 0.*cpu-paper"):
+        validate(cfg)
+    cfg, _ = parse_args(["--preset", "cpu-paper", "--pairs", "views", "--no-eval"])
+    validate(cfg)
