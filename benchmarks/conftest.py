@@ -38,7 +38,7 @@ import pytest
 
 import torch
 
-from fastlmk import _backends
+from fastlmk.ops import backends
 
 HAS_CUDA = torch.cuda.is_available()
 MODES = ("forward", "forward+backward")
@@ -83,12 +83,12 @@ def kernel_unavailable(op: str, backend: str, device: str) -> Optional[str]:
     """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can)."""
     if device == "cuda" and not HAS_CUDA:
         return "no CUDA device on this machine"
-    if backend == "triton" and (device == "cpu" or _backends.triton_interpreted()):
+    if backend == "triton" and (device == "cpu" or backends.triton_interpreted()):
         return "triton on CPU runs only in the interpreter (TRITON_INTERPRET=1), which is not benchmarked"
     dev = torch.device(device)
-    if not _backends.available(backend, dev):
-        return _backends._why_unavailable(backend, dev)
-    module = {"cpu": _backends.cpu_module, "cuda": _backends.cuda_module, "triton": _backends.triton_module}[backend]()
+    if not backends.available(backend, dev):
+        return backends._why_unavailable(backend, dev)
+    module = {"cpu": backends.cpu_module, "cuda": backends.cuda_module, "triton": backends.triton_module}[backend]()
     missing = [f"{op}_{d}" for d in ("forward", "backward") if not hasattr(module, f"{op}_{d}")]
     if missing:
         return f"the {backend} backend has no {op} kernel in this build (missing {', '.join(missing)})"

@@ -241,7 +241,7 @@ def check_numbers(cfg: TrainConfig) -> None:
 def check_names(cfg: TrainConfig) -> None:
     """The names that used to fail only after the run directory existed (or after the whole
     training, for --eval-dataset): backend, device, data set names."""
-    from fastlmk import _backends
+    from fastlmk.ops import backends as _backends
     from fastlmk.data import DATASETS
 
     if cfg.backend not in _backends.BACKENDS:

@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fastlmk import _backends  # noqa: E402
+from fastlmk.ops import backends  # noqa: E402
 
 KERNEL_BACKENDS = ("cpu", "triton", "cuda")
 DTYPES = (torch.float32, torch.float64)
@@ -53,11 +53,11 @@ def backend_device(backend: str) -> torch.device:
 def kernel_module(backend: str):
     """The module holding a backend's kernels (None when not built / not importable)."""
     if backend == "cpu":
-        return _backends.cpu_module()
+        return backends.cpu_module()
     if backend == "cuda":
-        return _backends.cuda_module()
+        return backends.cuda_module()
     if backend == "triton":
-        return _backends.triton_module()
+        return backends.triton_module()
     raise ValueError(backend)
 
 
@@ -73,8 +73,8 @@ def require_kernel(backend: str, op: str) -> torch.device:
     device = backend_device(backend)
     if backend == "cuda" and not torch.cuda.is_available():
         pytest.skip("cuda backend: no CUDA GPU on this machine")
-    if not _backends.available(backend, device):
-        pytest.skip(f"{backend} backend not available on {device}: {_backends._why_unavailable(backend, device)}")
+    if not backends.available(backend, device):
+        pytest.skip(f"{backend} backend not available on {device}: {backends._why_unavailable(backend, device)}")
     if not has_kernel(backend, op):
         mod = kernel_module(backend)
         pytest.fail(f"the {backend} backend has no {op} kernel ({op}_forward/{op}_backward missing from {mod.__name__})")
@@ -207,5 +207,5 @@ def pytest_report_header(config):
     import fastlmk
 
     cpu = torch.device("cpu")
-    built = [b for b in ("cpu", "cuda", "triton") if _backends.available(b, torch.device("cuda") if b == "cuda" else cpu)]
+    built = [b for b in ("cpu", "cuda", "triton") if backends.available(b, torch.device("cuda") if b == "cuda" else cpu)]
     return [f"fastlmk {fastlmk.__version__} from {os.path.dirname(fastlmk.__file__)}; backends runnable here: {built}"]

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS, _backends
+from fastlmk import TPS
+from fastlmk.ops import backends
 
 DEVICES = [d for d in ("cpu", "cuda")
-           if (d == "cpu" or torch.cuda.is_available()) and _backends.available("triton", torch.device(d))]
+           if (d == "cpu" or torch.cuda.is_available()) and backends.available("triton", torch.device(d))]
 pytestmark = pytest.mark.skipif(
     not DEVICES,
     reason="triton backend unavailable: needs triton and a CUDA GPU, or TRITON_INTERPRET=1 set before triton is imported",
@@ -284,7 +285,7 @@ def test_non_contiguous_inputs(device):
 
 
 def test_marginal_width_limit():
-    from fastlmk.triton import soft_argmax as sa
+    from fastlmk.ops.triton import soft_argmax as sa
 
     with pytest.raises(ValueError, match="W <= 16384"):
         sa._marginal_blocks(2, 20000)
@@ -326,7 +327,7 @@ def test_torch_compile(device):
 def test_opcheck(device):
     """torch.library.opcheck: schema, fake functions, autograd registration of the compiled ops
     (tracing through AOT autograd is test_torch_compile's part)."""
-    from fastlmk.triton import compiled_ops as co
+    from fastlmk.ops.triton import compiled_ops as co
 
     g = torch.Generator().manual_seed(9)
     x = _leaf(torch.randn(2, 1, 4, 5, generator=g).to(device))

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
+from fastlmk.ops.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
 
 _MAX_BLOCK = 2048  # pixels per step of the spatial sweeps
 _MAX_TILE = 4096  # elements of a (rows, full width) tile of the marginal kernels

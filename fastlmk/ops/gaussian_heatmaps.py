@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastlmk import _backends, _checks, reference
-from fastlmk._cpp import acc_dtype
+from fastlmk.ops import _checks, backends, reference
+from fastlmk.ops._cpp import acc_dtype
 
 _OP = "gaussian_heatmaps"
 
@@ -21,14 +21,14 @@ def inv_two_var(std: float, dtype: torch.dtype) -> float:
 
 def _forward(points, height, width, std, backend):
     B, K, _ = points.shape
-    out = _backends.kernels(backend).gaussian_heatmaps_forward(
+    out = backends.kernels(backend).gaussian_heatmaps_forward(
         points.reshape(B * K, 2), height, width, inv_two_var(std, points.dtype))
     return out.view(B, K, height, width)
 
 
 def _backward(grad, points, std, backend):
     B, K, H, W = grad.shape
-    g = _backends.kernels(backend).gaussian_heatmaps_backward(
+    g = backends.kernels(backend).gaussian_heatmaps_backward(
         grad.contiguous().view(B * K, H, W), points.reshape(B * K, 2), inv_two_var(std, points.dtype))
     return g.view(B, K, 2)
 
@@ -112,12 +112,12 @@ def gaussian_heatmaps(points: torch.Tensor, height: int, width: int, std: float,
     height = _checks.positive_int(_OP, "height", height)
     width = _checks.positive_int(_OP, "width", width)
     std = _checks.positive_float(_OP, "std", std)
-    be = _backends.resolve(_OP, backend, points.device, points.dtype)
+    be = backends.resolve(_OP, backend, points.device, points.dtype)
     if be == "reference" or points.numel() == 0:
         return reference.gaussian_heatmaps(points, height, width, std)
     if torch.compiler.is_compiling():
         if be == "triton":
-            from fastlmk.triton import compiled_ops
+            from fastlmk.ops.triton import compiled_ops
 
             return compiled_ops.gaussian_heatmaps(points, height, width, std)
         return _gaussian_heatmaps_op(points, height, width, std, be)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastlmk import _backends, _checks, reference
-from fastlmk.tps import TPS, check_tps
-from fastlmk.tps_warp import _prepare
+from fastlmk.ops import _checks, backends, reference
+from fastlmk.ops.tps import TPS, check_tps
+from fastlmk.ops.tps_warp import _prepare
 
 _OP = "tps_transform_points"
 
 
 def _forward(points, ctrl, coef, backend):
-    return _backends.kernels(backend).tps_transform_points_forward(points, ctrl, coef)
+    return backends.kernels(backend).tps_transform_points_forward(points, ctrl, coef)
 
 
 def _backward(grad, points, ctrl, coef, backend, need_points, need_coef):
-    return _backends.kernels(backend).tps_transform_points_backward(grad.contiguous(), points, ctrl, coef, need_points, need_coef)
+    return backends.kernels(backend).tps_transform_points_backward(grad.contiguous(), points, ctrl, coef, need_points, need_coef)
 
 
 @torch.library.custom_op("fastlmk::tps_transform_points", mutates_args=())
@@ -99,12 +99,12 @@ def tps_transform_points(points: torch.Tensor, tps: TPS, backend: str = "auto") 
     check_tps(_OP, tps)
     _checks.same_device(_OP, points=points, ctrl=tps.ctrl, coef=tps.coef)
     ctrl, coef = _prepare(_OP, points, tps)
-    be = _backends.resolve(_OP, backend, points.device, points.dtype)
+    be = backends.resolve(_OP, backend, points.device, points.dtype)
     if be == "reference" or points.numel() == 0:
         return reference.tps_transform_points(points, ctrl, coef).to(points.dtype)
     if torch.compiler.is_compiling():
         if be == "triton":
-            from fastlmk.triton import compiled_ops
+            from fastlmk.ops.triton import compiled_ops
 
             return compiled_ops.tps_transform_points(points, ctrl, coef)
         return _tps_points_op(points, ctrl, coef, be)

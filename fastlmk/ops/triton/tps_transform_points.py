@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import check_index_range, is_f64, launch, pow2
+from fastlmk.ops.triton._common import check_index_range, is_f64, launch, pow2
 
 
 @triton.jit

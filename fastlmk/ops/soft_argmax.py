@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastlmk import _backends, _checks, reference
-from fastlmk._cpp import acc_dtype, soft_argmax_stats_width
+from fastlmk.ops import _checks, backends, reference
+from fastlmk.ops._cpp import acc_dtype, soft_argmax_stats_width
 
 _OP = "soft_argmax"
 MODES = ("spatial", "marginal")  # the ``mode`` argument
@@ -14,14 +14,14 @@ MODES = ("spatial", "marginal")  # the ``mode`` argument
 
 def _forward(heatmaps, temperature, marginal, backend):
     B, K, H, W = heatmaps.shape
-    points, stats = _backends.kernels(backend).soft_argmax_forward(
+    points, stats = backends.kernels(backend).soft_argmax_forward(
         heatmaps.reshape(B * K, H, W), 1.0 / temperature, marginal)
     return points.view(B, K, 2), stats.view(B, K, -1)
 
 
 def _backward(grad, heatmaps, stats, points, temperature, marginal, backend):
     B, K, H, W = heatmaps.shape
-    g = _backends.kernels(backend).soft_argmax_backward(
+    g = backends.kernels(backend).soft_argmax_backward(
         grad.contiguous().view(B * K, 2), heatmaps.reshape(B * K, H, W), stats.reshape(B * K, -1),
         points.reshape(B * K, 2), 1.0 / temperature, marginal)
     return g.view(B, K, H, W)
@@ -113,13 +113,13 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "s
     _checks.tensor(_OP, "heatmaps", heatmaps, ndim=4)
     temperature = _checks.positive_float(_OP, "temperature", temperature)
     _checks.choice(_OP, "mode", mode, MODES)
-    be = _backends.resolve(_OP, backend, heatmaps.device, heatmaps.dtype)
+    be = backends.resolve(_OP, backend, heatmaps.device, heatmaps.dtype)
     if be == "reference" or heatmaps.numel() == 0:
         return reference.soft_argmax(heatmaps, temperature, mode)
     marginal = mode == "marginal"
     if torch.compiler.is_compiling():
         if be == "triton":
-            from fastlmk.triton import compiled_ops
+            from fastlmk.ops.triton import compiled_ops
 
             return compiled_ops.soft_argmax(heatmaps, temperature, marginal)
         return _soft_argmax_op(heatmaps, temperature, marginal, be)[0]

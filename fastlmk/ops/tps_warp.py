@@ -7,20 +7,20 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastlmk import _backends, _checks, reference
-from fastlmk._cpp import acc_dtype
-from fastlmk.tps import TPS, check_tps
+from fastlmk.ops import _checks, backends, reference
+from fastlmk.ops._cpp import acc_dtype
+from fastlmk.ops.tps import TPS, check_tps
 
 _OP = "tps_warp"
 _PADDING = ("zeros", "border")
 
 
 def _forward(image, ctrl, coef, out_h, out_w, border, backend):
-    return _backends.kernels(backend).tps_warp_forward(image, ctrl, coef, out_h, out_w, border)
+    return backends.kernels(backend).tps_warp_forward(image, ctrl, coef, out_h, out_w, border)
 
 
 def _backward(grad, image, ctrl, coef, border, backend, need_image, need_coef):
-    return _backends.kernels(backend).tps_warp_backward(grad.contiguous(), image, ctrl, coef, border, need_image, need_coef)
+    return backends.kernels(backend).tps_warp_backward(grad.contiguous(), image, ctrl, coef, border, need_image, need_coef)
 
 
 @torch.library.custom_op("fastlmk::tps_warp", mutates_args=())
@@ -143,13 +143,13 @@ def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", b
     if image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"fastlmk.tps_warp: image must have H, W >= 1, got {tuple(image.shape)}")
     ctrl, coef = _prepare(_OP, image, tps)
-    be = _backends.resolve(_OP, backend, image.device, image.dtype)
+    be = backends.resolve(_OP, backend, image.device, image.dtype)
     if be == "reference" or image.numel() == 0:
         return reference.tps_warp(image, ctrl, coef, (out_h, out_w), padding)
     border = padding == "border"
     if torch.compiler.is_compiling():
         if be == "triton":
-            from fastlmk.triton import compiled_ops
+            from fastlmk.ops.triton import compiled_ops
 
             return compiled_ops.tps_warp(image, ctrl, coef, out_h, out_w, border)
         return _tps_warp_op(image, ctrl, coef, out_h, out_w, border, be)

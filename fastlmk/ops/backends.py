@@ -2,7 +2,7 @@
 
 Backends: ``"reference"`` (pure PyTorch, :mod:`fastlmk.reference`), ``"cpu"`` (C++/OpenMP,
 ``fastlmk._C_cpu``), ``"cuda"`` (CUDA C++, ``fastlmk._C_cuda``), ``"triton"``
-(:mod:`fastlmk.triton`; on CPU tensors only under ``TRITON_INTERPRET=1``).
+(:mod:`fastlmk.ops.triton`; on CPU tensors only under ``TRITON_INTERPRET=1``).
 
 ``"auto"`` picks, for the tensor's device, the compiled kernel; on CUDA the per-op preference in
 :data:`AUTO_CUDA` (overridable with the environment variable ``FASTLMK_BACKEND``). Where none is
@@ -16,6 +16,8 @@ import os
 import warnings
 
 import torch
+
+from fastlmk.ops._cpp import CppKernels
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
@@ -40,6 +42,7 @@ DTYPES = {
 _modules: dict = {}
 _errors: dict = {}
 _warned: set = set()
+_cpp_kernels: dict = {}
 
 
 def _load(name: str):
@@ -63,7 +66,7 @@ def cuda_module():
 def triton_module():
     if _load("triton") is None:
         return None
-    return _load("fastlmk.triton")
+    return _load("fastlmk.ops.triton")
 
 
 def triton_interpreted() -> bool:
@@ -110,7 +113,7 @@ def _why_unavailable(backend: str, device: torch.device) -> str:
         )
     if backend == "triton":
         if triton_module() is None:
-            return f"the 'triton' backend needs the triton package ({_errors.get('triton') or _errors.get('fastlmk.triton')})"
+            return f"the 'triton' backend needs the triton package ({_errors.get('triton') or _errors.get('fastlmk.ops.triton')})"
         if device.type == "cpu":
             return "the 'triton' backend runs on CPU tensors only in the interpreter: set TRITON_INTERPRET=1 before importing triton"
         return f"the 'triton' backend does not support tensors on {device}"
@@ -165,14 +168,11 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
 
 def kernels(backend: str):
     """The object holding the tensor-level kernel functions of a concrete backend."""
-    if backend == "cpu":
-        from fastlmk._cpp import cpu_kernels
-
-        return cpu_kernels()
-    if backend == "cuda":
-        from fastlmk._cpp import cuda_kernels
-
-        return cuda_kernels()
+    if backend in ("cpu", "cuda"):
+        if backend not in _cpp_kernels:
+            module = cpu_module() if backend == "cpu" else cuda_module()
+            _cpp_kernels[backend] = CppKernels(module, backend)
+        return _cpp_kernels[backend]
     if backend == "triton":
         return triton_module()
     raise ValueError(f"no kernels for backend {backend!r}")

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastlmk import _checks, reference
+from fastlmk.ops import _checks, reference
 
 __all__ = ["TPS", "tps_fit", "random_tps", "identity_tps", "lattice"]
 

@@ -17,23 +17,23 @@ kernel, so the same bodies are registered as opaque ``custom_op`` operators with
     tps_transform_points(points (B,M,2), ctrl, coef)            -> points (B,M,2)
 
 ctrl (Bc, N, 2) and coef (B, N + 3, 2) come in the accumulation dtype, batch-expanded
-(:func:`fastlmk.tps_warp._prepare`).
+(:func:`fastlmk.ops.tps_warp._prepare`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from fastlmk import _backends
-from fastlmk.gaussian_heatmaps import inv_two_var
-from fastlmk.triton import gaussian_heatmaps as _gh
-from fastlmk.triton import soft_argmax as _sa
-from fastlmk.triton import tps_transform_points as _tp
-from fastlmk.triton import tps_warp as _tw
-from fastlmk.triton._common import acc_dtype
+from fastlmk.ops import backends
+from fastlmk.ops.gaussian_heatmaps import inv_two_var
+from fastlmk.ops.triton import gaussian_heatmaps as _gh
+from fastlmk.ops.triton import soft_argmax as _sa
+from fastlmk.ops.triton import tps_transform_points as _tp
+from fastlmk.ops.triton import tps_warp as _tw
+from fastlmk.ops.triton._common import acc_dtype
 
 # decided once, at import: whether triton was imported in interpreter mode
-INTERPRETED = _backends.triton_interpreted()
+INTERPRETED = backends.triton_interpreted()
 
 
 def _op(name: str, fake):

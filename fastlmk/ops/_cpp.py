@@ -1,6 +1,6 @@
 """Tensor-level wrappers around the framework-free C++/CUDA kernels.
 
-Every backend (this one for "cpu" and "cuda", :mod:`fastlmk.triton` for "triton") exposes the
+Every backend (this one for "cpu" and "cuda", :mod:`fastlmk.ops.triton` for "triton") exposes the
 same functions over *validated, contiguous* tensors; the op modules call them and own autograd.
 
     soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,2|4]
@@ -22,11 +22,7 @@ marginal the same pair for the column-mean and for the row-mean softmax.
 
 from __future__ import annotations
 
-import functools
-
 import torch
-
-from fastlmk import _backends
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -137,13 +133,3 @@ class CppKernels:
                                              _ptr(coef), _ptr(grad_points), _ptr(grad_coef), B, M, N,
                                              ctrl.shape[0] == 1, self._ctx(points))
         return grad_points, grad_coef
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_kernels() -> CppKernels:
-    return CppKernels(_backends.cpu_module(), "cpu")
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_kernels() -> CppKernels:
-    return CppKernels(_backends.cuda_module(), "cuda")

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
-from fastlmk.triton.tps_transform_points import radial
+from fastlmk.ops.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
+from fastlmk.ops.triton.tps_transform_points import radial
 
 
 @triton.jit
