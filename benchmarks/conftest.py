@@ -80,19 +80,13 @@ def device_providers(providers=PROVIDERS):
 
 # --- which fastlmk kernels exist --------------------------------------------------------------
 def kernel_unavailable(op: str, backend: str, device: str) -> Optional[str]:
-    """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can)."""
+    """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can): the package's rule
+    (:func:`fastlmk.ops.backends.why_unavailable`), after the benchmarks' own two."""
     if device == "cuda" and not HAS_CUDA:
         return "no CUDA device on this machine"
     if backend == "triton" and (device == "cpu" or backends.triton_interpreted()):
         return "triton on CPU runs only in the interpreter (TRITON_INTERPRET=1), which is not benchmarked"
-    dev = torch.device(device)
-    if not backends.available(backend, dev):
-        return backends._why_unavailable(backend, dev)
-    module = {"cpu": backends.cpu_module, "cuda": backends.cuda_module, "triton": backends.triton_module}[backend]()
-    missing = [f"{op}_{d}" for d in ("forward", "backward") if not hasattr(module, f"{op}_{d}")]
-    if missing:
-        return f"the {backend} backend has no {op} kernel in this build (missing {', '.join(missing)})"
-    return None
+    return backends.why_unavailable(backend, torch.device(device), op)
 
 
 def fastlmk_backend(op: str, provider: str, device: str) -> str:

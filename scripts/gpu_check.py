@@ -214,8 +214,8 @@ def worker_build_check(a: dict, out: str) -> None:
         bdev = torch.device("cpu") if b == "cpu" else dev
         ok = backends.available(b, bdev)
         res["backends"][b] = {"available_on": str(bdev), "ok": ok,
-                              "why_not": None if ok else backends._why_unavailable(b, bdev)}
-        mod = {"cpu": backends.cpu_module, "cuda": backends.cuda_module, "triton": backends.triton_module}[b]()
+                              "why_not": backends.why_unavailable(b, bdev)}
+        mod = backends.module(b)
         res["backends"][b]["module"] = getattr(mod, "__file__", None) if mod is not None else None
     _emit(out, res)
     backends = [b for b in (("cuda", "triton") if dev.type == "cuda" else ("cpu",)) if res["backends"][b]["ok"]]

@@ -150,7 +150,7 @@ def test_cuda_requested_in_a_cpu_only_build(op, cpu_only_build):
 def test_triton_on_cpu_without_the_interpreter(op, monkeypatch):
     # import fastlmk.ops.triton (and triton) first, with the interpreter as the session set it: the
     # interpreter is chosen when the kernels are decorated, at import
-    module = backends.triton_module()
+    module = backends.module("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not backends.available("triton", torch.device("cpu"))
     reason = "TRITON_INTERPRET=1" if module is not None else "needs the triton package"
@@ -235,7 +235,7 @@ def test_the_build_records_its_sources():
 
     from fastlmk import _build_info
 
-    mod = backends.cpu_module()
+    mod = backends.module("cpu")
     if mod is None:
         pytest.skip("no compiled CPU module here")
     recorded = _build_info.read(pathlib.Path(mod.__file__).parent)

@@ -165,7 +165,7 @@ def test_control_points_carry_no_gradient_on_every_backend(backend, op):
 def test_triton_int32_index_guard():
     from fastlmk.ops import backends
 
-    tri = backends.triton_module()
+    tri = backends.module("triton")
     if tri is None:
         pytest.skip("triton is not installed")
     from fastlmk.ops.triton import gaussian_heatmaps as gh, soft_argmax as sa, tps_transform_points as tp, tps_warp as tw

@@ -42,7 +42,9 @@ DTYPES = {
 _modules: dict = {}
 _errors: dict = {}
 _warned: set = set()
-_cpp_kernels: dict = {}
+_kernel_sets: dict = {}
+
+_MODULE_NAMES = {"cpu": "fastlmk._C_cpu", "cuda": "fastlmk._C_cuda", "triton": "fastlmk.ops.triton"}
 
 
 def _load(name: str):
@@ -55,69 +57,81 @@ def _load(name: str):
     return _modules[name]
 
 
-def cpu_module():
-    return _load("fastlmk._C_cpu")
-
-
-def cuda_module():
-    return _load("fastlmk._C_cuda")
-
-
-def triton_module():
-    if _load("triton") is None:
+def module(backend: str):
+    """The module holding the kernels of ``backend`` ("cpu", "cuda" or "triton"), imported on
+    first use; None where it is not built (or triton is not installed)."""
+    if backend == "triton" and _load("triton") is None:
         return None
-    return _load("fastlmk.ops.triton")
+    return _load(_MODULE_NAMES[backend])
 
 
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _has_op(module, op) -> bool:
-    # a stale or partial build may lack an op's kernel: treat that op as not built
-    return module is not None and (op is None or hasattr(module, f"{op}_forward"))
+def why_unavailable(backend: str, device: torch.device, op: str | None = None) -> str | None:
+    """Why ``backend`` cannot run (``op``, if given) on tensors of ``device`` here; None if it can.
 
-
-def available(backend: str, device: torch.device, op: str | None = None) -> bool:
-    """True if ``backend`` can run (``op``, if given) on tensors of ``device`` here."""
+    The one rule for "is this backend built and usable": :func:`resolve`, the tests' skips and
+    the benchmarks' provider list all ask it. A backend runs where its module is built and
+    importable, the device is its own (a CUDA GPU present for "cuda" and for Triton on CUDA;
+    Triton on CPU tensors only in the interpreter), and -- if ``op`` is given -- the module has
+    both ``<op>_forward`` and ``<op>_backward`` (a stale or partial build may lack an op).
+    """
     if backend == "reference":
-        return True
-    if backend == "cpu":
-        return device.type == "cpu" and _has_op(cpu_module(), op)
-    if backend == "cuda":
-        return device.type == "cuda" and torch.cuda.is_available() and _has_op(cuda_module(), op)
-    if backend == "triton":
-        if device.type == "cpu" and not triton_interpreted():
-            return False
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return False
-        return device.type in ("cpu", "cuda") and _has_op(triton_module(), op)
-    return False
-
-
-def _why_unavailable(backend: str, device: torch.device) -> str:
+        return None
     if backend == "cpu":
         if device.type != "cpu":
             return f"the 'cpu' backend needs CPU tensors, got a tensor on {device}"
-        from fastlmk import _source_tree
+        mod = module("cpu")
+        if mod is None:
+            from fastlmk import _source_tree
 
-        if _source_tree.status and cpu_module() is None:
-            return _source_tree.status
-        return f"fastlmk was installed without its CPU kernels ({_errors.get('fastlmk._C_cpu')}); reinstall with `pip install .`"
-    if backend == "cuda":
+            if _source_tree.status:
+                return _source_tree.status
+            return (f"fastlmk was installed without its CPU kernels ({_errors.get('fastlmk._C_cpu')}); "
+                    "reinstall with `pip install .`")
+    elif backend == "cuda":
         if device.type != "cuda":
             return f"the 'cuda' backend needs CUDA tensors, got a tensor on {device}"
-        return (
-            "fastlmk was built without CUDA kernels (no nvcc at install time, or FASTLMK_CUDA=0); "
-            f"reinstall with nvcc on the PATH ({_errors.get('fastlmk._C_cuda')})"
-        )
-    if backend == "triton":
-        if triton_module() is None:
-            return f"the 'triton' backend needs the triton package ({_errors.get('triton') or _errors.get('fastlmk.ops.triton')})"
-        if device.type == "cpu":
-            return "the 'triton' backend runs on CPU tensors only in the interpreter: set TRITON_INTERPRET=1 before importing triton"
-        return f"the 'triton' backend does not support tensors on {device}"
-    return f"backend {backend!r} is not available"
+        mod = module("cuda")
+        if mod is None:
+            return ("fastlmk was built without CUDA kernels (no nvcc at install time, or FASTLMK_CUDA=0); "
+                    f"reinstall with nvcc on the PATH ({_errors.get('fastlmk._C_cuda')})")
+        if not torch.cuda.is_available():
+            return "the 'cuda' backend needs a CUDA GPU, and torch sees none"
+    elif backend == "triton":
+        no_triton = ("the 'triton' backend needs the triton package "
+                     f"({_errors.get('triton') or _errors.get(_MODULE_NAMES['triton'])})")
+        if device.type == "cpu" and not triton_interpreted():
+            # said without importing triton: imported outside the interpreter, it cannot enter it
+            if "triton" in _modules and _modules["triton"] is None:
+                return no_triton
+            return ("the 'triton' backend runs on CPU tensors only in the interpreter: "
+                    "set TRITON_INTERPRET=1 before importing triton")
+        if device.type not in ("cpu", "cuda"):
+            return f"the 'triton' backend does not support tensors on {device}"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "the 'triton' backend needs a CUDA GPU for CUDA tensors, and torch sees none"
+        mod = module("triton")
+        if mod is None:
+            return no_triton
+    else:
+        return f"backend must be one of {BACKENDS}, got {backend!r}"
+    if op is not None and not (hasattr(mod, f"{op}_forward") and hasattr(mod, f"{op}_backward")):
+        return (f"this installation's {backend!r} module has no {op} kernel (a stale build?); "
+                "reinstall with `pip install .`")
+    return None
+
+
+def available(backend: str, device: torch.device, op: str | None = None) -> bool:
+    """True if ``backend`` can run (``op``, if given) on tensors of ``device`` here
+    (:func:`why_unavailable` has no objection)."""
+    return why_unavailable(backend, device, op) is None
+
+
+# The training layer's name for why_unavailable (fastlmk/config.py); new code uses why_unavailable.
+_why_unavailable = why_unavailable
 
 
 def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -141,23 +155,21 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
             key = (op, device.type, dtype)
             if key not in _warned:
                 _warned.add(key)
-                why = f" ({_why_unavailable('cpu', device)})" if device.type == "cpu" and cpu_module() is None else ""
+                why = f" ({why_unavailable('cpu', device)})" if device.type == "cpu" and module("cpu") is None else ""
                 warnings.warn(
                     f"fastlmk.{op}: no compiled kernel for {device.type} tensors of dtype {dtype} in this "
                     f"installation; falling back to the (slower) pure-PyTorch reference{why}.",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"fastlmk.{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return backend
-    if not available(backend, device):
-        raise RuntimeError(f"fastlmk.{op}: {_why_unavailable(backend, device)}")
-    if not available(backend, device, op):
-        raise RuntimeError(f"fastlmk.{op}: this installation's {backend!r} module has no {op} kernel "
-                           "(a stale build?); reinstall with `pip install .`")
+    why = why_unavailable(backend, device, op)
+    if why is not None:
+        raise RuntimeError(f"fastlmk.{op}: {why}")
     if dtype not in DTYPES[backend]:
         raise TypeError(
             f"fastlmk.{op}: the {backend!r} backend supports dtypes {DTYPES[backend]}, got {dtype}; "
@@ -167,12 +179,18 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
 
 
 def kernels(backend: str):
-    """The object holding the tensor-level kernel functions of a concrete backend."""
+    """The kernel set of a concrete backend: the tensor-level functions of
+    :mod:`fastlmk.ops._interface` (a :class:`~fastlmk.ops._cpp.CppKernels` for "cpu" and "cuda",
+    the :mod:`fastlmk.ops.triton` module for "triton")."""
+    try:
+        return _kernel_sets[backend]
+    except KeyError:
+        pass
     if backend in ("cpu", "cuda"):
-        if backend not in _cpp_kernels:
-            module = cpu_module() if backend == "cpu" else cuda_module()
-            _cpp_kernels[backend] = CppKernels(module, backend)
-        return _cpp_kernels[backend]
-    if backend == "triton":
-        return triton_module()
-    raise ValueError(f"no kernels for backend {backend!r}")
+        ks = CppKernels(module(backend), backend)
+    elif backend == "triton":
+        ks = module("triton")
+    else:
+        raise ValueError(f"no kernels for backend {backend!r}")
+    _kernel_sets[backend] = ks
+    return ks

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastlmk.ops import _checks, backends, reference
-from fastlmk.ops._cpp import acc_dtype
+from fastlmk.ops import _checks, reference
+from fastlmk.ops._interface import acc_dtype
+from fastlmk.ops._op import declare
 
 _OP = "gaussian_heatmaps"
 
@@ -19,67 +19,35 @@ def inv_two_var(std: float, dtype: torch.dtype) -> float:
     return min(0.5 / std / std, torch.finfo(acc_dtype(dtype)).max / 8)
 
 
-def _forward(points, height, width, std, backend):
+# --- the declaration: over a backend's kernel set k (fastlmk.ops._interface), wired by _op -----
+def _forward(k, points, height, width, std):
     B, K, _ = points.shape
-    out = backends.kernels(backend).gaussian_heatmaps_forward(
-        points.reshape(B * K, 2), height, width, inv_two_var(std, points.dtype))
+    out = k.gaussian_heatmaps_forward(points.view(B * K, 2), height, width, inv_two_var(std, points.dtype))
     return out.view(B, K, height, width)
 
 
-def _backward(grad, points, std, backend):
+def _backward(k, grad, points, std):
     B, K, H, W = grad.shape
-    g = backends.kernels(backend).gaussian_heatmaps_backward(
-        grad.contiguous().view(B * K, H, W), points.reshape(B * K, 2), inv_two_var(std, points.dtype))
+    g = k.gaussian_heatmaps_backward(grad.view(B * K, H, W), points.view(B * K, 2), inv_two_var(std, points.dtype))
     return g.view(B, K, 2)
 
 
-@torch.library.custom_op("fastlmk::gaussian_heatmaps", mutates_args=())
-def _gaussian_heatmaps_op(points: torch.Tensor, height: int, width: int, std: float, backend: str) -> torch.Tensor:
-    return _forward(points.contiguous(), height, width, std, backend)
-
-
-@_gaussian_heatmaps_op.register_fake
-def _(points, height, width, std, backend):
+def _fake(points, height, width, std):
     return points.new_empty(points.shape[0], points.shape[1], height, width)
 
 
-@torch.library.custom_op("fastlmk::gaussian_heatmaps_backward", mutates_args=())
-def _gaussian_heatmaps_backward_op(grad: torch.Tensor, points: torch.Tensor, std: float, backend: str) -> torch.Tensor:
-    return _backward(grad, points.contiguous(), std, backend)
+def _reference(points, height, width, std):
+    return reference.gaussian_heatmaps(points, height, width, std)
 
 
-@_gaussian_heatmaps_backward_op.register_fake
-def _(grad, points, std, backend):
-    return torch.empty_like(points, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    points, height, width, std, backend = inputs
-    ctx.save_for_backward(points)
-    ctx.args = (std, backend)
-
-
-def _op_backward(ctx, grad):
-    (points,) = ctx.saved_tensors
-    return _gaussian_heatmaps_backward_op(grad, points, *ctx.args), None, None, None, None
-
-
-_gaussian_heatmaps_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _GaussianHeatmapsFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, points, height, width, std, backend):
-        points = points.contiguous()
-        ctx.save_for_backward(points)
-        ctx.args = (std, backend)
-        return _forward(points, height, width, std, backend)
-
-    @staticmethod
-    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
-    def backward(ctx, grad):
-        (points,) = ctx.saved_tensors
-        return _backward(grad, points, *ctx.args), None, None, None, None
+_gaussian_heatmaps = declare(
+    _OP,
+    inputs="Tensor points, int height, int width, float std",
+    outputs="Tensor maps",
+    saved="points, std",
+    differentiable="points",
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
+)
 
 
 def gaussian_heatmaps(points: torch.Tensor, height: int, width: int, std: float,
@@ -112,13 +80,4 @@ def gaussian_heatmaps(points: torch.Tensor, height: int, width: int, std: float,
     height = _checks.positive_int(_OP, "height", height)
     width = _checks.positive_int(_OP, "width", width)
     std = _checks.positive_float(_OP, "std", std)
-    be = backends.resolve(_OP, backend, points.device, points.dtype)
-    if be == "reference" or points.numel() == 0:
-        return reference.gaussian_heatmaps(points, height, width, std)
-    if torch.compiler.is_compiling():
-        if be == "triton":
-            from fastlmk.ops.triton import compiled_ops
-
-            return compiled_ops.gaussian_heatmaps(points, height, width, std)
-        return _gaussian_heatmaps_op(points, height, width, std, be)
-    return _GaussianHeatmapsFn.apply(points, height, width, std, be)
+    return _gaussian_heatmaps(backend, points, height, width, std)

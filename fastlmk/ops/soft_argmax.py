@@ -3,83 +3,47 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastlmk.ops import _checks, backends, reference
-from fastlmk.ops._cpp import acc_dtype, soft_argmax_stats_width
+from fastlmk.ops import _checks, reference
+from fastlmk.ops._interface import acc_dtype, soft_argmax_stats_width
+from fastlmk.ops._op import declare
 
 _OP = "soft_argmax"
 MODES = ("spatial", "marginal")  # the ``mode`` argument
 
 
-def _forward(heatmaps, temperature, marginal, backend):
+# --- the declaration: over a backend's kernel set k (fastlmk.ops._interface), wired by _op -----
+def _forward(k, heatmaps, temperature, marginal):
     B, K, H, W = heatmaps.shape
-    points, stats = backends.kernels(backend).soft_argmax_forward(
-        heatmaps.reshape(B * K, H, W), 1.0 / temperature, marginal)
+    points, stats = k.soft_argmax_forward(heatmaps.view(B * K, H, W), 1.0 / temperature, marginal)
     return points.view(B, K, 2), stats.view(B, K, -1)
 
 
-def _backward(grad, heatmaps, stats, points, temperature, marginal, backend):
+def _backward(k, grad, heatmaps, stats, points, temperature, marginal):
     B, K, H, W = heatmaps.shape
-    g = backends.kernels(backend).soft_argmax_backward(
-        grad.contiguous().view(B * K, 2), heatmaps.reshape(B * K, H, W), stats.reshape(B * K, -1),
-        points.reshape(B * K, 2), 1.0 / temperature, marginal)
+    g = k.soft_argmax_backward(grad.view(B * K, 2), heatmaps.view(B * K, H, W), stats.view(B * K, -1),
+                               points.view(B * K, 2), 1.0 / temperature, marginal)
     return g.view(B, K, H, W)
 
 
-# --- torch.library registration: what torch.compile and opcheck see ------------------------
-@torch.library.custom_op("fastlmk::soft_argmax", mutates_args=())
-def _soft_argmax_op(heatmaps: torch.Tensor, temperature: float, marginal: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(heatmaps.contiguous(), temperature, marginal, backend)
-
-
-@_soft_argmax_op.register_fake
-def _(heatmaps, temperature, marginal, backend):
+def _fake(heatmaps, temperature, marginal):
     B, K = heatmaps.shape[:2]
     return heatmaps.new_empty(B, K, 2), heatmaps.new_empty(B, K, soft_argmax_stats_width(marginal),
                                                           dtype=acc_dtype(heatmaps.dtype))
 
 
-@torch.library.custom_op("fastlmk::soft_argmax_backward", mutates_args=())
-def _soft_argmax_backward_op(grad: torch.Tensor, heatmaps: torch.Tensor, stats: torch.Tensor, points: torch.Tensor,
-                             temperature: float, marginal: bool, backend: str) -> torch.Tensor:
-    return _backward(grad, heatmaps.contiguous(), stats.contiguous(), points.contiguous(), temperature, marginal, backend)
+def _reference(heatmaps, temperature, marginal):
+    return reference.soft_argmax(heatmaps, temperature, "marginal" if marginal else "spatial")
 
 
-@_soft_argmax_backward_op.register_fake
-def _(grad, heatmaps, stats, points, temperature, marginal, backend):
-    return torch.empty_like(heatmaps, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    heatmaps, temperature, marginal, backend = inputs
-    ctx.save_for_backward(heatmaps, output[1], output[0])
-    ctx.args = (temperature, marginal, backend)
-
-
-def _op_backward(ctx, grad_points, grad_stats):
-    heatmaps, stats, points = ctx.saved_tensors
-    return _soft_argmax_backward_op(grad_points, heatmaps, stats, points, *ctx.args), None, None, None
-
-
-_soft_argmax_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-# --- eager fast path: the same kernels without the custom-op dispatch overhead -------------
-class _SoftArgmaxFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, heatmaps, temperature, marginal, backend):
-        heatmaps = heatmaps.contiguous()
-        points, stats = _forward(heatmaps, temperature, marginal, backend)
-        ctx.save_for_backward(heatmaps, stats, points)
-        ctx.args = (temperature, marginal, backend)
-        return points
-
-    @staticmethod
-    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
-    def backward(ctx, grad_points):
-        heatmaps, stats, points = ctx.saved_tensors
-        return _backward(grad_points, heatmaps, stats, points, *ctx.args), None, None, None
+_soft_argmax = declare(
+    _OP,
+    inputs="Tensor heatmaps, float temperature, bool marginal",
+    outputs="Tensor points, Tensor stats",
+    saved="heatmaps, stats, points, temperature, marginal",
+    differentiable="heatmaps",
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
+)
 
 
 def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "spatial",
@@ -113,14 +77,4 @@ def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "s
     _checks.tensor(_OP, "heatmaps", heatmaps, ndim=4)
     temperature = _checks.positive_float(_OP, "temperature", temperature)
     _checks.choice(_OP, "mode", mode, MODES)
-    be = backends.resolve(_OP, backend, heatmaps.device, heatmaps.dtype)
-    if be == "reference" or heatmaps.numel() == 0:
-        return reference.soft_argmax(heatmaps, temperature, mode)
-    marginal = mode == "marginal"
-    if torch.compiler.is_compiling():
-        if be == "triton":
-            from fastlmk.ops.triton import compiled_ops
-
-            return compiled_ops.soft_argmax(heatmaps, temperature, marginal)
-        return _soft_argmax_op(heatmaps, temperature, marginal, be)[0]
-    return _SoftArgmaxFn.apply(heatmaps, temperature, marginal, be)
+    return _soft_argmax(backend, heatmaps, temperature, mode == "marginal")

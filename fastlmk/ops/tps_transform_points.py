@@ -3,75 +3,39 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastlmk.ops import _checks, backends, reference
-from fastlmk.ops.tps import TPS, check_tps
-from fastlmk.ops.tps_warp import _prepare
+from fastlmk.ops import _checks, reference
+from fastlmk.ops._op import declare
+from fastlmk.ops.tps import TPS, check_tps, prepare_tps
 
 _OP = "tps_transform_points"
 
 
-def _forward(points, ctrl, coef, backend):
-    return backends.kernels(backend).tps_transform_points_forward(points, ctrl, coef)
+# --- the declaration: over a backend's kernel set k (fastlmk.ops._interface), wired by _op -----
+def _forward(k, points, ctrl, coef):
+    return k.tps_transform_points_forward(points, ctrl, coef)
 
 
-def _backward(grad, points, ctrl, coef, backend, need_points, need_coef):
-    return backends.kernels(backend).tps_transform_points_backward(grad.contiguous(), points, ctrl, coef, need_points, need_coef)
+def _backward(k, grad, points, ctrl, coef, need_points, need_coef):
+    return k.tps_transform_points_backward(grad, points, ctrl, coef, need_points, need_coef)
 
 
-@torch.library.custom_op("fastlmk::tps_transform_points", mutates_args=())
-def _tps_points_op(points: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor, backend: str) -> torch.Tensor:
-    return _forward(points.contiguous(), ctrl.contiguous(), coef.contiguous(), backend)
-
-
-@_tps_points_op.register_fake
-def _(points, ctrl, coef, backend):
+def _fake(points, ctrl, coef):
     return torch.empty_like(points, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("fastlmk::tps_transform_points_backward", mutates_args=())
-def _tps_points_backward_op(grad: torch.Tensor, points: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor,
-                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    gp, gc = _backward(grad, points.contiguous(), ctrl.contiguous(), coef.contiguous(), backend, True, True)
-    return gp, gc
+def _reference(points, ctrl, coef):
+    return reference.tps_transform_points(points, ctrl, coef).to(points.dtype)
 
 
-@_tps_points_backward_op.register_fake
-def _(grad, points, ctrl, coef, backend):
-    return torch.empty_like(points, memory_format=torch.contiguous_format), torch.empty_like(coef, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    points, ctrl, coef, backend = inputs
-    ctx.save_for_backward(points, ctrl, coef)
-    ctx.backend = backend
-
-
-def _op_backward(ctx, grad):
-    points, ctrl, coef = ctx.saved_tensors
-    gp, gc = _tps_points_backward_op(grad, points, ctrl, coef, ctx.backend)
-    return gp, None, gc, None
-
-
-_tps_points_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _TpsPointsFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, points, ctrl, coef, backend):
-        points, ctrl, coef = points.contiguous(), ctrl.contiguous(), coef.contiguous()
-        ctx.save_for_backward(points, ctrl, coef)
-        ctx.backend = backend
-        return _forward(points, ctrl, coef, backend)
-
-    @staticmethod
-    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
-    def backward(ctx, grad):
-        points, ctrl, coef = ctx.saved_tensors
-        need_points, _, need_coef = ctx.needs_input_grad[:3]
-        gp, gc = _backward(grad, points, ctrl, coef, ctx.backend, need_points, need_coef)
-        return gp, None, gc, None
+_tps_transform_points = declare(
+    _OP,
+    inputs="Tensor points, Tensor ctrl, Tensor coef",
+    outputs="Tensor mapped",
+    saved="points, ctrl, coef",
+    differentiable="points, coef",  # control points are constants (see prepare_tps)
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
+)
 
 
 def tps_transform_points(points: torch.Tensor, tps: TPS, backend: str = "auto") -> torch.Tensor:
@@ -98,14 +62,5 @@ def tps_transform_points(points: torch.Tensor, tps: TPS, backend: str = "auto") 
     _checks.tensor(_OP, "points", points, ndim=3, last=2)
     check_tps(_OP, tps)
     _checks.same_device(_OP, points=points, ctrl=tps.ctrl, coef=tps.coef)
-    ctrl, coef = _prepare(_OP, points, tps)
-    be = backends.resolve(_OP, backend, points.device, points.dtype)
-    if be == "reference" or points.numel() == 0:
-        return reference.tps_transform_points(points, ctrl, coef).to(points.dtype)
-    if torch.compiler.is_compiling():
-        if be == "triton":
-            from fastlmk.ops.triton import compiled_ops
-
-            return compiled_ops.tps_transform_points(points, ctrl, coef)
-        return _tps_points_op(points, ctrl, coef, be)
-    return _TpsPointsFn.apply(points, ctrl, coef, be)
+    ctrl, coef = prepare_tps(_OP, points, tps)
+    return _tps_transform_points(backend, points, ctrl, coef)

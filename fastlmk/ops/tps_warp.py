@@ -2,103 +2,41 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from torch.autograd.function import once_differentiable
 
-from fastlmk.ops import _checks, backends, reference
-from fastlmk.ops._cpp import acc_dtype
-from fastlmk.ops.tps import TPS, check_tps
+from fastlmk.ops import _checks, reference
+from fastlmk.ops._op import declare
+from fastlmk.ops.tps import TPS, check_tps, prepare_tps
 
 _OP = "tps_warp"
 _PADDING = ("zeros", "border")
 
 
-def _forward(image, ctrl, coef, out_h, out_w, border, backend):
-    return backends.kernels(backend).tps_warp_forward(image, ctrl, coef, out_h, out_w, border)
+# --- the declaration: over a backend's kernel set k (fastlmk.ops._interface), wired by _op -----
+def _forward(k, image, ctrl, coef, out_h, out_w, border):
+    return k.tps_warp_forward(image, ctrl, coef, out_h, out_w, border)
 
 
-def _backward(grad, image, ctrl, coef, border, backend, need_image, need_coef):
-    return backends.kernels(backend).tps_warp_backward(grad.contiguous(), image, ctrl, coef, border, need_image, need_coef)
+def _backward(k, grad, image, ctrl, coef, border, need_image, need_coef):
+    return k.tps_warp_backward(grad, image, ctrl, coef, border, need_image, need_coef)
 
 
-@torch.library.custom_op("fastlmk::tps_warp", mutates_args=())
-def _tps_warp_op(image: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor, out_h: int, out_w: int,
-                 border: bool, backend: str) -> torch.Tensor:
-    return _forward(image.contiguous(), ctrl.contiguous(), coef.contiguous(), out_h, out_w, border, backend)
-
-
-@_tps_warp_op.register_fake
-def _(image, ctrl, coef, out_h, out_w, border, backend):
+def _fake(image, ctrl, coef, out_h, out_w, border):
     return image.new_empty(image.shape[0], image.shape[1], out_h, out_w)
 
 
-@torch.library.custom_op("fastlmk::tps_warp_backward", mutates_args=())
-def _tps_warp_backward_op(grad: torch.Tensor, image: torch.Tensor, ctrl: torch.Tensor, coef: torch.Tensor,
-                          border: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    gi, gc = _backward(grad, image.contiguous(), ctrl.contiguous(), coef.contiguous(), border, backend, True, True)
-    return gi, gc
+def _reference(image, ctrl, coef, out_h, out_w, border):
+    return reference.tps_warp(image, ctrl, coef, (out_h, out_w), "border" if border else "zeros")
 
 
-@_tps_warp_backward_op.register_fake
-def _(grad, image, ctrl, coef, border, backend):
-    return torch.empty_like(image, memory_format=torch.contiguous_format), torch.empty_like(coef, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    image, ctrl, coef, out_h, out_w, border, backend = inputs
-    ctx.save_for_backward(image, ctrl, coef)
-    ctx.args = (border, backend)
-
-
-def _op_backward(ctx, grad):
-    image, ctrl, coef = ctx.saved_tensors
-    gi, gc = _tps_warp_backward_op(grad, image, ctrl, coef, *ctx.args)
-    return gi, None, gc, None, None, None, None
-
-
-_tps_warp_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _TpsWarpFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, image, ctrl, coef, out_h, out_w, border, backend):
-        image, ctrl, coef = image.contiguous(), ctrl.contiguous(), coef.contiguous()
-        ctx.save_for_backward(image, ctrl, coef)
-        ctx.args = (border, backend)
-        return _forward(image, ctrl, coef, out_h, out_w, border, backend)
-
-    @staticmethod
-    @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
-    def backward(ctx, grad):
-        image, ctrl, coef = ctx.saved_tensors
-        need_image, _, need_coef = ctx.needs_input_grad[:3]
-        gi, gc = _backward(grad, image, ctrl, coef, *ctx.args, need_image, need_coef)
-        return gi, None, gc, None, None, None, None
-
-
-def _prepare(op, image_like, tps):
-    """Cast ctrl/coef to the accumulation dtype of the data; broadcast a batch-1 spline.
-
-    Control points are constants on every backend (the reference included, so that all agree):
-    a ``ctrl`` that requires grad is detached, with a warning saying so."""
-    ctrl = tps.ctrl
-    if ctrl.requires_grad and torch.is_grad_enabled():
-        warnings.warn(
-            f"fastlmk.{op}: control points carry no gradient (tps.ctrl requires grad, but it is treated "
-            "as a constant on every backend; gradients flow to tps.coef, to the image and to the points). "
-            "Detach tps.ctrl to silence this warning.", UserWarning, stacklevel=3)
-    dt = acc_dtype(image_like.dtype)
-    ctrl, coef = ctrl.detach().to(dt), tps.coef.to(dt)
-    B = image_like.shape[0]
-    if coef.shape[0] != B:
-        if coef.shape[0] != 1:
-            raise ValueError(f"fastlmk.{op}: tps batch ({coef.shape[0]}) must be 1 or match the input batch ({B})")
-        coef = coef.expand(B, -1, -1)
-        if ctrl.shape[0] != 1:
-            ctrl = ctrl.expand(B, -1, -1)
-    return ctrl, coef
+_tps_warp = declare(
+    _OP,
+    inputs="Tensor image, Tensor ctrl, Tensor coef, int out_h, int out_w, bool border",
+    outputs="Tensor warped",
+    saved="image, ctrl, coef, border",
+    differentiable="image, coef",  # control points are constants (see prepare_tps)
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
+)
 
 
 def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", backend: str = "auto") -> torch.Tensor:
@@ -142,15 +80,5 @@ def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", b
         out_w = _checks.positive_int(_OP, "size[1]", size[1])
     if image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"fastlmk.tps_warp: image must have H, W >= 1, got {tuple(image.shape)}")
-    ctrl, coef = _prepare(_OP, image, tps)
-    be = backends.resolve(_OP, backend, image.device, image.dtype)
-    if be == "reference" or image.numel() == 0:
-        return reference.tps_warp(image, ctrl, coef, (out_h, out_w), padding)
-    border = padding == "border"
-    if torch.compiler.is_compiling():
-        if be == "triton":
-            from fastlmk.ops.triton import compiled_ops
-
-            return compiled_ops.tps_warp(image, ctrl, coef, out_h, out_w, border)
-        return _tps_warp_op(image, ctrl, coef, out_h, out_w, border, be)
-    return _TpsWarpFn.apply(image, ctrl, coef, out_h, out_w, border, be)
+    ctrl, coef = prepare_tps(_OP, image, tps)
+    return _tps_warp(backend, image, ctrl, coef, out_h, out_w, padding == "border")

@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.ops.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
+from fastlmk.ops._interface import acc_dtype
+from fastlmk.ops.triton._common import check_index_range, grid_coord, is_f64, launch, pow2
 from fastlmk.ops.triton.tps_transform_points import radial
 
 
