@@ -1,8 +1,8 @@
 """One declaration per op, and the factory that wires it into PyTorch.
 
-An op is declared once, in its own module, with :func:`declare`: its name; its inputs, outputs
-and the values its backward reads, as schema text; which inputs are differentiable; and four
-plain functions:
+An op is declared once, in its own module, with :func:`declare`: its schema (name, inputs,
+named outputs); the values its backward reads; which inputs are differentiable; and four plain
+functions:
 
 * ``forward(k, *inputs) -> output | (output, *extra)`` over a backend's kernel set ``k`` (the
   tensor-level interface of :mod:`fastlmk.ops._interface`), tensor inputs contiguous. The first
@@ -78,11 +78,13 @@ def _placeholder(like: torch.Tensor) -> torch.Tensor:
 class KernelOp:
     """The wiring of one declared op (see the module docstring); built by :func:`declare`."""
 
-    def __init__(self, name, inputs, outputs, saved, differentiable, forward, backward, fake, reference):
+    def __init__(self, schema, saved, differentiable, forward, backward, fake, reference):
+        name, rest = schema.split("(", 1)
+        inputs, outputs = rest.split(") -> ")
         self.name = name
         self.forward, self.backward, self.fake, self.reference = forward, backward, fake, reference
         args = _args(inputs)
-        outs = [n for _, n in _args(outputs)]
+        outs = [n for _, n in _args(outputs.strip("()"))]
         in_names = [n for _, n in args]
         types = {n: t for t, n in args} | {n: "Tensor" for n in outs}
         saved = _names(saved)
@@ -144,67 +146,62 @@ class KernelOp:
             inputs = (*inputs[:self._n_inputs], *output)  # a registered op's inputs end with the backend
         return self._pick_tensors(inputs), self._pick_values(inputs)
 
-    def _needs(self, needs_input_grad) -> tuple:
-        """The backward's ``need_<input>`` flags (none for a single differentiable input)."""
-        return self._pick_needs(needs_input_grad) if self._with_needs else ()
-
-    def _input_grads(self, grads, n: int) -> tuple:
-        """One entry per argument of the forward (``n`` of them): the gradients of the
-        differentiable inputs (None where not asked for), None for the others."""
-        return self._scatter_grads[n]((*grads, None) if self._with_needs else (grads, None))
-
     # --- torch.library operators ---------------------------------------------------------------
     def _register(self, name: str, make, kernels_of, backend_arg: str):
         """Define ``fastlmk::<name>`` and ``fastlmk::<name>_backward`` with ``make``
         (``torch.library.custom_op`` or ``triton_op``). With ``backend_arg``, the last argument
         of both is the backend name and ``kernels_of(backend)`` gives its kernels; without,
         ``kernels_of`` is the kernel set itself."""
-        n_in, n_saved_t = self._n_inputs, self._n_saved_tensors
+        op_forward, op_backward, fake = self.forward, self.backward, self.fake
+        n_in, n_saved_t, diff_saved = self._n_inputs, self._n_saved_tensors, self._diff_saved
+        n_diff, with_needs, with_backend = len(diff_saved), self._with_needs, bool(backend_arg)
+        contiguous, to_save = self._contiguous, self._to_save
+        pick_needs = self._pick_needs if with_needs else (lambda needs_input_grad: ())
+        scatter = self._scatter_grads[n_in + with_backend]
         fwd_schema, bwd_schema = (s.format(backend=backend_arg) for s in self._schemas)
-        if backend_arg:
-            def split(args):
-                return kernels_of(args[-1]), args[:-1]
-        else:
-            def split(args):
-                return kernels_of, args
 
         def forward(*args):
-            k, inputs = split(args)
-            return self.forward(k, *self._contiguous(inputs))
+            if with_backend:
+                return op_forward(kernels_of(args[-1]), *contiguous(args[:-1]))
+            return op_forward(kernels_of, *contiguous(args))
 
         def backward(grad, *args):
-            k, args = split(args)
+            k = kernels_of(args[-1]) if with_backend else kernels_of
             saved = [a.contiguous() for a in args[:n_saved_t]]
-            grads = self.backward(k, grad.contiguous(), *saved, *args[n_saved_t:])
-            if not self._with_needs:
+            rest = args[n_saved_t:-1] if with_backend else args[n_saved_t:]
+            grads = op_backward(k, grad.contiguous(), *saved, *rest)
+            if not with_needs:
                 return grads
-            return tuple(g if g is not None else _placeholder(saved[s]) for g, s in zip(grads, self._diff_saved))
+            return tuple(g if g is not None else _placeholder(saved[s]) for g, s in zip(grads, diff_saved))
 
         def backward_fake(grad, *args):
             saved = args[:n_saved_t]
-            grads = [torch.empty_like(saved[s], memory_format=torch.contiguous_format) for s in self._diff_saved]
-            if not self._with_needs:
+            grads = [torch.empty_like(saved[s], memory_format=torch.contiguous_format) for s in diff_saved]
+            if not with_needs:
                 return grads[0]
-            needs = args[len(args) - len(grads) - (1 if backend_arg else 0):][:len(grads)]
-            return tuple(g if need else _placeholder(saved[s]) for g, s, need in zip(grads, self._diff_saved, needs))
+            end = len(args) - with_backend
+            needs = args[end - n_diff:end]
+            return tuple(g if need else _placeholder(saved[s]) for g, s, need in zip(grads, diff_saved, needs))
 
         fwd_op = make(f"fastlmk::{name}", forward, mutates_args=(), schema=fwd_schema)
         bwd_op = make(f"fastlmk::{name}_backward", backward, mutates_args=(), schema=bwd_schema)
         if make is torch.library.custom_op:  # a triton_op derives its fake by tracing its body
-            fwd_op.register_fake(lambda *args: self.fake(*args[:n_in]))
+            fwd_op.register_fake(lambda *args: fake(*args[:n_in]))
             bwd_op.register_fake(backward_fake)
+        bwd_overload = getattr(torch.ops.fastlmk, f"{name}_backward").default
 
         def setup_context(ctx, inputs, output):
-            tensors, ctx.values = self._to_save(inputs, output)
+            tensors, ctx.values = to_save(inputs, output)
             ctx.save_for_backward(*tensors)
             ctx.backend = inputs[n_in:]  # (backend,) or ()
 
         def autograd_backward(ctx, grad, *_extra_output_grads):
-            needs = self._needs(ctx.needs_input_grad)
-            grads = bwd_op(grad, *ctx.saved_tensors, *ctx.values, *needs, *ctx.backend)
-            if self._with_needs:  # placeholders for the gradients not asked for -> None
-                grads = tuple(g if need else None for g, need in zip(grads, needs))
-            return self._input_grads(grads, n_in + len(ctx.backend))
+            needs = pick_needs(ctx.needs_input_grad)
+            grads = bwd_overload(grad, *ctx.saved_tensors, *ctx.values, *needs, *ctx.backend)
+            if not with_needs:
+                return scatter((grads, None))
+            # the placeholders of the gradients not asked for become None
+            return scatter((*(g if need else None for g, need in zip(grads, needs)), None))
 
         fwd_op.register_autograd(autograd_backward, setup_context=setup_context)
         return getattr(torch.ops.fastlmk, name).default
@@ -212,44 +209,57 @@ class KernelOp:
     # --- the eager fast path -------------------------------------------------------------------
     def _eager_function(self):
         """An ``autograd.Function`` over the same forward and backward, called with the inputs
-        and the backend; named ``_<Name>Fn`` (its graph nodes show as ``_<Name>FnBackward``)."""
-        op, n_args = self, self._n_inputs + 1
+        and the backend; named ``_<Name>Fn`` (its graph nodes show as ``_<Name>FnBackward``).
+
+        This runs on every eager call, so what it needs is bound here, once: each step is a
+        local lookup or a C call (the itemgetters), as cheap as the hand-written Functions were."""
+        op_forward, op_backward, kernels = self.forward, self.backward, backends.kernels
+        tensor_index, multi_output, saves_outputs = self._tensor_index, self._n_outputs > 1, self._saves_outputs
+        pick_tensors, pick_values = self._pick_tensors, self._pick_values
+        pick_needs = self._pick_needs if self._with_needs else None
+        scatter = self._scatter_grads[self._n_inputs + 1]
 
         def forward(ctx, *args):
-            backend = args[-1]
-            inputs = op._contiguous(args[:-1])
-            output = op.forward(backends.kernels(backend), *inputs)
-            tensors, ctx.values = op._to_save(inputs, output)
-            ctx.save_for_backward(*tensors)
+            inputs = list(args)
+            backend = inputs.pop()
+            for i in tensor_index:
+                inputs[i] = inputs[i].contiguous()
+            output = op_forward(kernels(backend), *inputs)
+            pool = (*inputs, *output) if saves_outputs else inputs
+            ctx.save_for_backward(*pick_tensors(pool))
+            ctx.values = pick_values(pool)
             ctx.backend = backend
-            return output if op._n_outputs == 1 else output[0]
+            return output[0] if multi_output else output
 
         @once_differentiable  # the kernels' backward is not differentiable: a double backward raises
         def backward(ctx, grad):
-            needs = op._needs(ctx.needs_input_grad)
-            grads = op.backward(backends.kernels(ctx.backend), grad.contiguous(), *ctx.saved_tensors, *ctx.values,
-                                *needs)  # kernels return None for a gradient not asked for
-            return op._input_grads(grads, n_args)
+            k = kernels(ctx.backend)
+            if pick_needs is None:
+                return scatter((op_backward(k, grad.contiguous(), *ctx.saved_tensors, *ctx.values), None))
+            # the kernels skip a gradient not asked for, and return None for it
+            needs = pick_needs(ctx.needs_input_grad)
+            grads = op_backward(k, grad.contiguous(), *ctx.saved_tensors, *ctx.values, *needs)
+            return scatter((*grads, None))
 
         cls_name = "_" + "".join(w.capitalize() for w in self.name.split("_")) + "Fn"
         return type(cls_name, (torch.autograd.Function,),
                     {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-def declare(name: str, *, inputs: str, outputs: str, saved: str, differentiable: str, forward, backward, fake,
-            reference) -> KernelOp:
+def declare(schema: str, *, saved: str, differentiable: str, forward, backward, fake, reference) -> KernelOp:
     """Declare an op (see the module docstring) and build its wiring.
 
     Args:
-        name: the op's name: ``torch.ops.fastlmk.<name>``, the kernels ``<name>_forward`` /
-            ``<name>_backward`` of every backend, the name in error messages.
-        inputs: schema of the inputs, e.g. ``"Tensor points, int height, int width, float std"``.
-        outputs: ``"Tensor <name>, ..."``; the first is the op's result.
+        schema: ``"<name>(<inputs>) -> <outputs>"`` in ``torch.library`` schema syntax, with named
+            outputs, e.g. ``"soft_argmax(Tensor heatmaps, float temperature, bool marginal) ->
+            (Tensor points, Tensor stats)"``. The name is that of ``torch.ops.fastlmk.<name>``, of
+            the kernels ``<name>_forward`` / ``<name>_backward`` of every backend, and the one in
+            error messages; the first output is the op's result.
         saved: names (of inputs or outputs) the backward reads after the gradient, tensors first.
         differentiable: names of the tensor inputs that get a gradient.
         forward, backward, fake, reference: see the module docstring.
     """
-    return KernelOp(name, inputs, outputs, saved, differentiable, forward, backward, fake, reference)
+    return KernelOp(schema, saved, differentiable, forward, backward, fake, reference)
 
 
 def register_triton(kernels) -> None:

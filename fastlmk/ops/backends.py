@@ -69,6 +69,22 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _not_built(backend: str) -> str:
+    """Why the module of ``backend`` could not be imported, and what to do about it."""
+    if backend == "triton":
+        why = _errors.get("triton") or _errors.get(_MODULE_NAMES["triton"])
+        return f"the 'triton' backend needs the triton package ({why})"
+    if backend == "cpu":
+        from fastlmk import _source_tree
+
+        if _source_tree.status:  # a source checkout without compiled modules: what to run
+            return _source_tree.status
+        return (f"fastlmk was installed without its CPU kernels ({_errors.get('fastlmk._C_cpu')}); "
+                "reinstall with `pip install .`")
+    return ("fastlmk was built without CUDA kernels (no nvcc at install time, or FASTLMK_CUDA=0); "
+            f"reinstall with nvcc on the PATH ({_errors.get('fastlmk._C_cuda')})")
+
+
 def why_unavailable(backend: str, device: torch.device, op: str | None = None) -> str | None:
     """Why ``backend`` cannot run (``op``, if given) on tensors of ``device`` here; None if it can.
 
@@ -80,33 +96,19 @@ def why_unavailable(backend: str, device: torch.device, op: str | None = None) -
     """
     if backend == "reference":
         return None
-    if backend == "cpu":
-        if device.type != "cpu":
-            return f"the 'cpu' backend needs CPU tensors, got a tensor on {device}"
-        mod = module("cpu")
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            return f"the {backend!r} backend needs {backend.upper()} tensors, got a tensor on {device}"
+        mod = module(backend)
         if mod is None:
-            from fastlmk import _source_tree
-
-            if _source_tree.status:
-                return _source_tree.status
-            return (f"fastlmk was installed without its CPU kernels ({_errors.get('fastlmk._C_cpu')}); "
-                    "reinstall with `pip install .`")
-    elif backend == "cuda":
-        if device.type != "cuda":
-            return f"the 'cuda' backend needs CUDA tensors, got a tensor on {device}"
-        mod = module("cuda")
-        if mod is None:
-            return ("fastlmk was built without CUDA kernels (no nvcc at install time, or FASTLMK_CUDA=0); "
-                    f"reinstall with nvcc on the PATH ({_errors.get('fastlmk._C_cuda')})")
-        if not torch.cuda.is_available():
+            return _not_built(backend)
+        if backend == "cuda" and not torch.cuda.is_available():
             return "the 'cuda' backend needs a CUDA GPU, and torch sees none"
     elif backend == "triton":
-        no_triton = ("the 'triton' backend needs the triton package "
-                     f"({_errors.get('triton') or _errors.get(_MODULE_NAMES['triton'])})")
         if device.type == "cpu" and not triton_interpreted():
             # said without importing triton: imported outside the interpreter, it cannot enter it
             if "triton" in _modules and _modules["triton"] is None:
-                return no_triton
+                return _not_built("triton")
             return ("the 'triton' backend runs on CPU tensors only in the interpreter: "
                     "set TRITON_INTERPRET=1 before importing triton")
         if device.type not in ("cpu", "cuda"):
@@ -115,7 +117,7 @@ def why_unavailable(backend: str, device: torch.device, op: str | None = None) -
             return "the 'triton' backend needs a CUDA GPU for CUDA tensors, and torch sees none"
         mod = module("triton")
         if mod is None:
-            return no_triton
+            return _not_built("triton")
     else:
         return f"backend must be one of {BACKENDS}, got {backend!r}"
     if op is not None and not (hasattr(mod, f"{op}_forward") and hasattr(mod, f"{op}_backward")):

@@ -41,13 +41,9 @@ def _reference(points, height, width, std):
 
 
 _gaussian_heatmaps = declare(
-    _OP,
-    inputs="Tensor points, int height, int width, float std",
-    outputs="Tensor maps",
-    saved="points, std",
-    differentiable="points",
-    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
-)
+    "gaussian_heatmaps(Tensor points, int height, int width, float std) -> Tensor maps",
+    saved="points, std", differentiable="points",
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference)
 
 
 def gaussian_heatmaps(points: torch.Tensor, height: int, width: int, std: float,

@@ -37,13 +37,9 @@ def _reference(heatmaps, temperature, marginal):
 
 
 _soft_argmax = declare(
-    _OP,
-    inputs="Tensor heatmaps, float temperature, bool marginal",
-    outputs="Tensor points, Tensor stats",
-    saved="heatmaps, stats, points, temperature, marginal",
-    differentiable="heatmaps",
-    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
-)
+    "soft_argmax(Tensor heatmaps, float temperature, bool marginal) -> (Tensor points, Tensor stats)",
+    saved="heatmaps, stats, points, temperature, marginal", differentiable="heatmaps",
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference)
 
 
 def soft_argmax(heatmaps: torch.Tensor, temperature: float = 1.0, mode: str = "spatial",

@@ -29,13 +29,9 @@ def _reference(points, ctrl, coef):
 
 
 _tps_transform_points = declare(
-    _OP,
-    inputs="Tensor points, Tensor ctrl, Tensor coef",
-    outputs="Tensor mapped",
-    saved="points, ctrl, coef",
-    differentiable="points, coef",  # control points are constants (see prepare_tps)
-    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
-)
+    "tps_transform_points(Tensor points, Tensor ctrl, Tensor coef) -> Tensor mapped",
+    saved="points, ctrl, coef", differentiable="points, coef",  # ctrl: constants (see prepare_tps)
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference)
 
 
 def tps_transform_points(points: torch.Tensor, tps: TPS, backend: str = "auto") -> torch.Tensor:

@@ -30,13 +30,9 @@ def _reference(image, ctrl, coef, out_h, out_w, border):
 
 
 _tps_warp = declare(
-    _OP,
-    inputs="Tensor image, Tensor ctrl, Tensor coef, int out_h, int out_w, bool border",
-    outputs="Tensor warped",
-    saved="image, ctrl, coef, border",
-    differentiable="image, coef",  # control points are constants (see prepare_tps)
-    forward=_forward, backward=_backward, fake=_fake, reference=_reference,
-)
+    "tps_warp(Tensor image, Tensor ctrl, Tensor coef, int out_h, int out_w, bool border) -> Tensor warped",
+    saved="image, ctrl, coef, border", differentiable="image, coef",  # ctrl: constants (see prepare_tps)
+    forward=_forward, backward=_backward, fake=_fake, reference=_reference)
 
 
 def tps_warp(image: torch.Tensor, tps: TPS, size=None, padding: str = "zeros", backend: str = "auto") -> torch.Tensor:
