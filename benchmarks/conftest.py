@@ -28,6 +28,7 @@ benchmark's ``extra_info``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -100,6 +101,39 @@ def fastlmk_backend(op: str, provider: str, device: str) -> str:
 
 def kornia_module():
     return pytest.importorskip("kornia", reason="kornia is not installed (pip install '.[test]')")
+
+
+def provider_fn(provider: str, op: str, device: str, reference_fn: Callable, compiled_reference_fn: Callable,
+                kornia_fn: Callable, fastlmk_fn: Callable) -> tuple:
+    """(function of a case's inputs, untimed warm-up calls) for ``provider``: ``reference_fn``,
+    ``compiled_reference_fn`` (one warm-up call compiles it), ``kornia_fn(kornia)`` or
+    ``fastlmk_fn(backend)`` with the provider's backend; skips the test where it cannot run."""
+    if provider == "reference-eager":
+        return reference_fn, 0
+    if provider == "reference-compile":
+        return compiled_reference_fn, 1
+    if provider == "kornia":
+        return kornia_fn(kornia_module()), 0
+    return fastlmk_fn(fastlmk_backend(op, provider, device)), 0
+
+
+# --- the cases of a bench file, built once and freed after it -------------------------------
+_CASE_CACHES: list = []
+
+
+def case_cache(build: Callable) -> Callable:
+    """``functools.lru_cache`` for a bench file's case builders (``_case(shape, device)``): each
+    case is made once, and all are freed when the file's benchmarks are done (large inputs)."""
+    cached = functools.lru_cache(maxsize=None)(build)
+    _CASE_CACHES.append(cached)
+    return cached
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_cases():
+    yield
+    for cached in _CASE_CACHES:
+        cached.cache_clear()
 
 
 # --- a benchmark case -------------------------------------------------------------------------

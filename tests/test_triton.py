@@ -30,6 +30,8 @@ pytestmark = pytest.mark.skipif(
 DEVICES = DEVICES or ["cpu"]
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+# each op in each working dtype, on every device Triton runs on here
+over_devices_and_dtypes = pytest.mark.parametrize("device, dtype", [(d, t) for d in DEVICES for t in TOL])
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
@@ -50,8 +52,7 @@ def _grads(out: torch.Tensor, upstream: torch.Tensor, *inputs: torch.Tensor):
 SOFT_ARGMAX_SHAPES = [(2, 3, 5, 7), (1, 1, 1, 1), (2, 1, 1, 9), (1, 2, 13, 1), (1, 2, 33, 40)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("mode", ["spatial", "marginal"])
 @pytest.mark.parametrize("shape", SOFT_ARGMAX_SHAPES, ids=str)
 def test_soft_argmax(device, dtype, mode, shape):
@@ -95,8 +96,7 @@ def test_soft_argmax_extreme_logits(device):
 GAUSSIAN_SHAPES = [(2, 3, 5, 7), (1, 1, 1, 1), (3, 1, 1, 6), (1, 2, 9, 1), (1, 2, 37, 150)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("shape", GAUSSIAN_SHAPES, ids=str)
 def test_gaussian_heatmaps(device, dtype, shape):
     B, K, H, W = shape
@@ -127,8 +127,7 @@ def _tps(B: int, grid: int, shared: bool, g: torch.Generator, noise: float = 0.1
 POINT_CASES = [(2, 5, 3, True), (3, 1, 2, False), (1, 40, 5, True), (2, 17, 1, False)]  # B, M, grid, shared
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("case", POINT_CASES, ids=str)
 def test_tps_transform_points(device, dtype, case):
     B, M, grid, shared = case
@@ -159,8 +158,7 @@ WARP_CASES = [  # B, C, (Hi, Wi), (Ho, Wo), grid, shared
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("case", WARP_CASES, ids=str)
 def test_tps_warp(device, dtype, padding, case):

@@ -36,6 +36,7 @@ the backward operators have no autograd formula.
 
 from __future__ import annotations
 
+import inspect
 import operator
 
 import torch
@@ -55,8 +56,15 @@ def _names(spec: str) -> list:
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
-def _returns(n: int) -> str:
-    return "Tensor" if n == 1 else "(" + ", ".join(["Tensor"] * n) + ")"
+_TYPES = {"Tensor": torch.Tensor, "float": float, "int": int, "bool": bool, "str": str}
+
+
+def _signature(args: list, n_returns: int) -> inspect.Signature:
+    """The Python signature of an operator with these ``(type, name)`` arguments returning
+    ``n_returns`` tensors: ``torch.library`` reads the operator's schema from it."""
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_TYPES[t]) for t, n in args]
+    returns = torch.Tensor if n_returns == 1 else tuple[(torch.Tensor,) * n_returns]
+    return inspect.Signature(params, return_annotation=returns)
 
 
 def _picker(indices):
@@ -109,11 +117,11 @@ class KernelOp:
         slot = {i: j for j, i in enumerate(self._diff_index)}
         self._scatter_grads = {n: _picker([slot.get(i, len(diff)) for i in range(n)])
                                for n in (len(args), len(args) + 1)}
-        needs = "".join(f", bool need_{n}" for n in diff) if self._with_needs else ""
-        saved_args = ", ".join(f"{types[n]} {n}" for n in saved)
-        self._schemas = (f"({inputs}{{backend}}) -> {_returns(len(outs))}",
-                         f"(Tensor grad, {saved_args}{needs}{{backend}}) -> {_returns(len(diff))}")
-        self.registered = self._register(name, torch.library.custom_op, backends.kernels, ", str backend")
+        # the operators' arguments, less the trailing backend of the non-Triton ones
+        needs = [("bool", f"need_{n}") for n in diff] if self._with_needs else []
+        self._forward_args = (args, len(outs))
+        self._backward_args = ([("Tensor", "grad")] + [(types[n], n) for n in saved] + needs, len(diff))
+        self.registered = self._register(name, torch.library.custom_op, backends.kernels, [("str", "backend")])
         self.triton = None  # fastlmk::triton_<name>, set by register_triton
         self._function = self._eager_function()
         _DECLARED[name] = self
@@ -147,18 +155,17 @@ class KernelOp:
         return self._pick_tensors(inputs), self._pick_values(inputs)
 
     # --- torch.library operators ---------------------------------------------------------------
-    def _register(self, name: str, make, kernels_of, backend_arg: str):
+    def _register(self, name: str, make, kernels_of, backend_arg: list):
         """Define ``fastlmk::<name>`` and ``fastlmk::<name>_backward`` with ``make``
-        (``torch.library.custom_op`` or ``triton_op``). With ``backend_arg``, the last argument
-        of both is the backend name and ``kernels_of(backend)`` gives its kernels; without,
-        ``kernels_of`` is the kernel set itself."""
+        (``torch.library.custom_op`` or ``triton_op``). With a ``backend_arg`` (``[("str",
+        "backend")]``), the last argument of both is the backend name and ``kernels_of(backend)``
+        gives its kernels; without (``[]``), ``kernels_of`` is the kernel set itself."""
         op_forward, op_backward, fake = self.forward, self.backward, self.fake
         n_in, n_saved_t, diff_saved = self._n_inputs, self._n_saved_tensors, self._diff_saved
         n_diff, with_needs, with_backend = len(diff_saved), self._with_needs, bool(backend_arg)
         contiguous, to_save = self._contiguous, self._to_save
         pick_needs = self._pick_needs if with_needs else (lambda needs_input_grad: ())
         scatter = self._scatter_grads[n_in + with_backend]
-        fwd_schema, bwd_schema = (s.format(backend=backend_arg) for s in self._schemas)
 
         def forward(*args):
             if with_backend:
@@ -183,8 +190,11 @@ class KernelOp:
             needs = args[end - n_diff:end]
             return tuple(g if need else _placeholder(saved[s]) for g, s, need in zip(grads, diff_saved, needs))
 
-        fwd_op = make(f"fastlmk::{name}", forward, mutates_args=(), schema=fwd_schema)
-        bwd_op = make(f"fastlmk::{name}_backward", backward, mutates_args=(), schema=bwd_schema)
+        # the schemas come from the functions' signatures (triton_op accepts no schema string)
+        forward.__signature__ = _signature(self._forward_args[0] + backend_arg, self._forward_args[1])
+        backward.__signature__ = _signature(self._backward_args[0] + backend_arg, self._backward_args[1])
+        fwd_op = make(f"fastlmk::{name}", forward, mutates_args=())
+        bwd_op = make(f"fastlmk::{name}_backward", backward, mutates_args=())
         if make is torch.library.custom_op:  # a triton_op derives its fake by tracing its body
             fwd_op.register_fake(lambda *args: fake(*args[:n_in]))
             bwd_op.register_fake(backward_fake)
@@ -268,4 +278,4 @@ def register_triton(kernels) -> None:
     make = torch.library.custom_op if backends.triton_interpreted() else torch.library.triton_op
     for op in _DECLARED.values():
         if op.triton is None:
-            op.triton = op._register(f"triton_{op.name}", make, kernels, "")
+            op.triton = op._register(f"triton_{op.name}", make, kernels, [])

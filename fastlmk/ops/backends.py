@@ -43,6 +43,7 @@ _modules: dict = {}
 _errors: dict = {}
 _warned: set = set()
 _kernel_sets: dict = {}
+_has_kernels_cache: dict = {}
 
 _MODULE_NAMES = {"cpu": "fastlmk._C_cpu", "cuda": "fastlmk._C_cuda", "triton": "fastlmk.ops.triton"}
 
@@ -120,10 +121,19 @@ def why_unavailable(backend: str, device: torch.device, op: str | None = None) -
             return _not_built("triton")
     else:
         return f"backend must be one of {BACKENDS}, got {backend!r}"
-    if op is not None and not (hasattr(mod, f"{op}_forward") and hasattr(mod, f"{op}_backward")):
+    if op is not None and not _has_kernels(backend, mod, op):
         return (f"this installation's {backend!r} module has no {op} kernel (a stale build?); "
                 "reinstall with `pip install .`")
     return None
+
+
+def _has_kernels(backend: str, mod, op: str) -> bool:
+    """``mod``, the module of ``backend``, has both ``<op>_forward`` and ``<op>_backward``.
+    Asked on every call, so cached (per backend: its module is imported once, by _load)."""
+    key = (backend, op)
+    if key not in _has_kernels_cache:
+        _has_kernels_cache[key] = hasattr(mod, f"{op}_forward") and hasattr(mod, f"{op}_backward")
+    return _has_kernels_cache[key]
 
 
 def available(backend: str, device: torch.device, op: str | None = None) -> bool:
