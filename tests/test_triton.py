@@ -184,7 +184,7 @@ def test_tps_warp(device, dtype, padding, case):
 def test_tps_partial_gradients(device):
     """The kernel-level interface returns None for a gradient that is not needed, and the wanted
     one is unchanged."""
-    from fastlmk import triton as tk
+    from fastlmk.ops import triton as tk
 
     g = torch.Generator().manual_seed(4)
     tps = _tps(2, 3, True, g)
