@@ -16,7 +16,6 @@ function: it is what one must add to get this op out of kornia.
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ import torch
 import fastlmk
 from fastlmk import reference
 
-from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module, run, seeded
+from benchmarks.conftest import MODES, SHAPES, Case, case_cache, compiled, device_providers, provider_fn, run, seeded
 
 OP = "gaussian_heatmaps"
 DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64), "tiny": (2, 3, 8, 8)}  # B, K, H, W
@@ -37,7 +36,7 @@ def std_normalised(width: int) -> float:
     return STD_PX * 2.0 / (width - 1)
 
 
-@functools.lru_cache(maxsize=None)
+@case_cache
 def _case(shape: str, device: str) -> Case:
     B, K, H, W = DIMS[shape]
     points = (torch.rand(B, K, 2, generator=seeded(1)) * 2 - 1).to(device)
@@ -47,12 +46,6 @@ def _case(shape: str, device: str) -> Case:
                 rtol=1e-4, atol=1e-5,
                 # forward writes the maps once; backward reads their gradient once
                 nbytes={"forward": maps + p, "forward+backward": 2 * maps + 3 * p})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _free_cases():
-    yield
-    _case.cache_clear()
 
 
 def kornia_gaussian_heatmaps(kornia, points, height, width, std):
@@ -67,26 +60,15 @@ def kornia_gaussian_heatmaps(kornia, points, height, width, std):
     return prob * (zx * zy)[..., None, None]
 
 
-def provider_fn(provider: str, shape: str, device: str):
-    _, _, H, W = DIMS[shape]
-    std = std_normalised(W)
-    if provider == "reference-eager":
-        return (lambda p: reference.gaussian_heatmaps(p, H, W, std)), 0
-    if provider == "reference-compile":
-        return (lambda p: _compiled_reference(p, H, W, std)), 1
-    if provider == "kornia":
-        kornia = kornia_module()
-        return (lambda p: kornia_gaussian_heatmaps(kornia, p, H, W, std)), 0
-    backend = fastlmk_backend(OP, provider, device)
-    return (lambda p: fastlmk.gaussian_heatmaps(p, H, W, std, backend=backend)), 0
-
-
 @pytest.mark.parametrize("device, provider", device_providers())
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gaussian_heatmaps(benchmark, shape, mode, device, provider):
-    fn, warm = provider_fn(provider, shape, device)
     _, _, H, W = DIMS[shape]
     std = std_normalised(W)
+    fn, warm = provider_fn(provider, OP, device, lambda p: reference.gaussian_heatmaps(p, H, W, std),
+                           lambda p: _compiled_reference(p, H, W, std),
+                           lambda kornia: lambda p: kornia_gaussian_heatmaps(kornia, p, H, W, std),
+                           lambda b: lambda p: fastlmk.gaussian_heatmaps(p, H, W, std, backend=b))
     run(benchmark, _case(shape, device), provider, mode, fn, lambda p: reference.gaussian_heatmaps(p, H, W, std),
         warm=warm)

@@ -3,8 +3,8 @@
 At the paper's sizes a kernel runs for tens of microseconds, so what happens around it matters.
 For every op, on tiny inputs (the kernel itself is then almost free), this times:
 
-* ``bare-kernel``: the tensor-level kernel interface (:mod:`fastlmk._cpp`,
-  ``_backends.kernels(backend).<op>_forward`` / ``_backward``) on ready, contiguous tensors:
+* ``bare-kernel``: the tensor-level kernel interface (:mod:`fastlmk.ops._cpp`,
+  ``backends.kernels(backend).<op>_forward`` / ``_backward``) on ready, contiguous tensors:
   the floor (binding call, output allocation);
 * ``eager``: the public function (``fastlmk.soft_argmax(..., backend=...)``): argument checks,
   backend resolution, the ``autograd.Function`` fast path;
@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS, _backends, reference
+from fastlmk import TPS, reference
+from fastlmk.ops import backends
 
 from benchmarks.conftest import HAS_CUDA, MODES, Case, kernel_unavailable, make_step, run, seeded, upstream_grad
 
@@ -88,7 +89,7 @@ def _registered(op, backend):
 
 def _bare_step(op, backend, inputs, mode):
     """Forward (and backward) kernel calls on contiguous tensors, no autograd, no checks."""
-    k = _backends.kernels(backend)
+    k = backends.kernels(backend)
     x = inputs[0].contiguous()
     grad = {}
 

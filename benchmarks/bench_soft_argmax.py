@@ -22,7 +22,7 @@ import torch
 import fastlmk
 from fastlmk import reference
 
-from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module, run, seeded
+from benchmarks.conftest import MODES, SHAPES, Case, case_cache, compiled, device_providers, provider_fn, run, seeded
 
 OP = "soft_argmax"
 TEMPERATURE = 0.1
@@ -31,7 +31,7 @@ DIMS = {"paper": (32, 10, 32, 32), "large": (64, 68, 64, 64), "tiny": (2, 3, 8, 
 _compiled_reference = compiled(reference.soft_argmax)
 
 
-@functools.lru_cache(maxsize=None)
+@case_cache
 def _case(shape: str, device: str) -> Case:
     B, K, H, W = DIMS[shape]
     logits = torch.randn(B, K, H, W, generator=seeded(0)).to(device)
@@ -43,16 +43,9 @@ def _case(shape: str, device: str) -> Case:
                 nbytes={"forward": m + p, "forward+backward": 3 * m + 2 * p})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _free_cases():
-    yield
-    _case.cache_clear()
-
-
 @functools.lru_cache(maxsize=None)
-def kornia_temperature(temperature: float) -> float:
+def kornia_temperature(kornia, temperature: float) -> float:
     """The temperature argument that makes kornia's spatial_soft_argmax2d divide logits by T."""
-    kornia = kornia_module()
     x = torch.randn(1, 2, 5, 7, generator=seeded(3)) * 3
     want = reference.soft_argmax(x, 0.5, "spatial")
     if torch.allclose(kornia.geometry.subpix.spatial_soft_argmax2d(x, 0.5), want, atol=1e-5):
@@ -62,20 +55,11 @@ def kornia_temperature(temperature: float) -> float:
     pytest.skip("kornia's spatial_soft_argmax2d matches neither temperature convention")
 
 
-def provider_fn(provider: str, variant: str, device: str):
-    """(function of the logits, untimed warm-up calls) for ``provider``."""
-    if provider == "reference-eager":
-        return (lambda h: reference.soft_argmax(h, TEMPERATURE, variant)), 0
-    if provider == "reference-compile":
-        return (lambda h: _compiled_reference(h, TEMPERATURE, variant)), 1
-    if provider == "kornia":
-        if variant != "spatial":
-            pytest.skip("kornia has no marginal soft-argmax")
-        kornia = kornia_module()
-        kt = kornia_temperature(TEMPERATURE)
-        return (lambda h: kornia.geometry.subpix.spatial_soft_argmax2d(h, kt, True)), 0
-    backend = fastlmk_backend(OP, provider, device)
-    return (lambda h: fastlmk.soft_argmax(h, TEMPERATURE, variant, backend=backend)), 0
+def kornia_fn(kornia, variant: str):
+    if variant != "spatial":
+        pytest.skip("kornia has no marginal soft-argmax")
+    kt = kornia_temperature(kornia, TEMPERATURE)
+    return lambda h: kornia.geometry.subpix.spatial_soft_argmax2d(h, kt, True)
 
 
 @pytest.mark.parametrize("device, provider", device_providers())
@@ -83,7 +67,9 @@ def provider_fn(provider: str, variant: str, device: str):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("variant", ["spatial", "marginal"])
 def test_soft_argmax(benchmark, variant, shape, mode, device, provider):
-    fn, warm = provider_fn(provider, variant, device)
+    fn, warm = provider_fn(provider, OP, device, lambda h: reference.soft_argmax(h, TEMPERATURE, variant),
+                           lambda h: _compiled_reference(h, TEMPERATURE, variant), lambda k: kornia_fn(k, variant),
+                           lambda b: lambda h: fastlmk.soft_argmax(h, TEMPERATURE, variant, backend=b))
     case = _case(shape, device)
     case = Case(**{**case.__dict__, "op": f"{OP}[{variant}]"})
     run(benchmark, case, provider, mode, fn, lambda h: reference.soft_argmax(h, TEMPERATURE, variant), warm=warm,

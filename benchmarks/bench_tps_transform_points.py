@@ -20,7 +20,7 @@ import torch
 import fastlmk
 from fastlmk import TPS, reference
 
-from benchmarks.conftest import MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module, kornia_tps, run, seeded
+from benchmarks.conftest import MODES, SHAPES, Case, case_cache, compiled, device_providers, kornia_tps, provider_fn, run, seeded
 
 OP = "tps_transform_points"
 GRID = 10
@@ -29,7 +29,7 @@ DIMS = {"paper": (32, 10), "large": (64, 68), "tiny": (2, 4)}  # B, M
 _compiled_reference = compiled(reference.tps_transform_points)
 
 
-@functools.lru_cache(maxsize=None)
+@case_cache
 def _case(shape: str, device: str) -> Case:
     B, M = DIMS[shape]
     points = (torch.rand(B, M, 2, generator=seeded(4)) * 2 - 1).to(device)
@@ -41,32 +41,16 @@ def _case(shape: str, device: str) -> Case:
                 nbytes={"forward": 2 * pb + cb, "forward+backward": 4 * pb + 3 * cb})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _free_cases():
-    yield
-    _case.cache_clear()
-
-
 def kornia_tps_transform_points(kornia, points, ctrl, coef):
     centres, kernel_weights, affine_weights = kornia_tps(ctrl, coef)
     return kornia.geometry.transform.warp_points_tps(points, centres, kernel_weights, affine_weights)
-
-
-def provider_fn(provider: str, device: str):
-    if provider == "reference-eager":
-        return reference.tps_transform_points, 0
-    if provider == "reference-compile":
-        return _compiled_reference, 1
-    if provider == "kornia":
-        kornia = kornia_module()
-        return (lambda points, ctrl, coef: kornia_tps_transform_points(kornia, points, ctrl, coef)), 0
-    backend = fastlmk_backend(OP, provider, device)
-    return (lambda points, ctrl, coef: fastlmk.tps_transform_points(points, TPS(ctrl, coef), backend=backend)), 0
 
 
 @pytest.mark.parametrize("device, provider", device_providers())
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_tps_transform_points(benchmark, shape, mode, device, provider):
-    fn, warm = provider_fn(provider, device)
+    fn, warm = provider_fn(provider, OP, device, reference.tps_transform_points, _compiled_reference,
+                           lambda kornia: functools.partial(kornia_tps_transform_points, kornia),
+                           lambda b: lambda p, ctrl, coef: fastlmk.tps_transform_points(p, TPS(ctrl, coef), backend=b))
     run(benchmark, _case(shape, device), provider, mode, fn, reference.tps_transform_points, warm=warm)

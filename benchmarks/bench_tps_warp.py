@@ -32,8 +32,8 @@ import torch
 import fastlmk
 from fastlmk import TPS, reference
 
-from benchmarks.conftest import (MODES, SHAPES, Case, compiled, device_providers, fastlmk_backend, kornia_module,
-                                 kornia_tps, run, seeded, smooth_images)
+from benchmarks.conftest import (MODES, SHAPES, Case, case_cache, compiled, device_providers, kornia_tps, provider_fn,
+                                 run, seeded, smooth_images)
 
 OP = "tps_warp"
 PAIR_OP = "tps_pair_making"
@@ -48,7 +48,7 @@ def _images(shape: str, device: str) -> torch.Tensor:
     return smooth_images(B, C, S, seeded(2)).to(device)
 
 
-@functools.lru_cache(maxsize=None)
+@case_cache
 def _case(shape: str, device: str) -> Case:
     B, C, S = DIMS[shape]
     image = _images(shape, device)
@@ -66,7 +66,7 @@ def _case(shape: str, device: str) -> Case:
                 nbytes={"forward": 2 * img_bytes + coef_bytes, "forward+backward": 5 * img_bytes + 3 * coef_bytes})
 
 
-@functools.lru_cache(maxsize=None)
+@case_cache
 def _pair_case(shape: str, device: str) -> Case:
     B, C, S = DIMS[shape]
     image = _images(shape, device)
@@ -79,36 +79,23 @@ def _pair_case(shape: str, device: str) -> Case:
                 f64_check=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _free_cases():
-    yield
-    _case.cache_clear()
-    _pair_case.cache_clear()
-
-
 def kornia_tps_warp(kornia, image, ctrl, coef):
     centres, kernel_weights, affine_weights = kornia_tps(ctrl, coef)
     return kornia.geometry.transform.warp_image_tps(image, centres, kernel_weights, affine_weights, align_corners=True)
 
 
-def warp_fn(provider: str, op: str, device: str):
+def warp_fn(provider: str, device: str):
     """(warp(image, ctrl, coef), untimed warm-up calls) for ``provider``."""
-    if provider == "reference-eager":
-        return reference.tps_warp, 0
-    if provider == "reference-compile":
-        return _compiled_reference, 1
-    if provider == "kornia":
-        kornia = kornia_module()
-        return (lambda image, ctrl, coef: kornia_tps_warp(kornia, image, ctrl, coef)), 0
-    backend = fastlmk_backend(OP, provider, device)
-    return (lambda image, ctrl, coef: fastlmk.tps_warp(image, TPS(ctrl, coef), backend=backend)), 0
+    return provider_fn(provider, OP, device, reference.tps_warp, _compiled_reference,
+                       lambda kornia: functools.partial(kornia_tps_warp, kornia),
+                       lambda b: lambda image, ctrl, coef: fastlmk.tps_warp(image, TPS(ctrl, coef), backend=b))
 
 
 @pytest.mark.parametrize("device, provider", device_providers())
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_tps_warp(benchmark, shape, mode, device, provider):
-    fn, warm = warp_fn(provider, OP, device)
+    fn, warm = warp_fn(provider, device)
     run(benchmark, _case(shape, device), provider, mode, fn, reference.tps_warp, warm=warm)
 
 
@@ -129,6 +116,6 @@ def pair_fn(warp, device: str):
 @pytest.mark.parametrize("device, provider", device_providers())
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s != "large"])
 def test_tps_pair_making(benchmark, shape, device, provider):
-    warp, warm = warp_fn(provider, OP, device)
+    warp, warm = warp_fn(provider, device)
     run(benchmark, _pair_case(shape, device), provider, "forward", pair_fn(warp, device),
         pair_fn(reference.tps_warp, device), warm=warm)

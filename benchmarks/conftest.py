@@ -28,6 +28,7 @@ benchmark's ``extra_info``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -38,7 +39,7 @@ import pytest
 
 import torch
 
-from fastlmk import _backends
+from fastlmk.ops import backends
 
 HAS_CUDA = torch.cuda.is_available()
 MODES = ("forward", "forward+backward")
@@ -80,19 +81,13 @@ def device_providers(providers=PROVIDERS):
 
 # --- which fastlmk kernels exist --------------------------------------------------------------
 def kernel_unavailable(op: str, backend: str, device: str) -> Optional[str]:
-    """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can)."""
+    """Why ``backend`` cannot run ``op`` on ``device`` here (None if it can): the package's rule
+    (:func:`fastlmk.ops.backends.why_unavailable`), after the benchmarks' own two."""
     if device == "cuda" and not HAS_CUDA:
         return "no CUDA device on this machine"
-    if backend == "triton" and (device == "cpu" or _backends.triton_interpreted()):
+    if backend == "triton" and (device == "cpu" or backends.triton_interpreted()):
         return "triton on CPU runs only in the interpreter (TRITON_INTERPRET=1), which is not benchmarked"
-    dev = torch.device(device)
-    if not _backends.available(backend, dev):
-        return _backends._why_unavailable(backend, dev)
-    module = {"cpu": _backends.cpu_module, "cuda": _backends.cuda_module, "triton": _backends.triton_module}[backend]()
-    missing = [f"{op}_{d}" for d in ("forward", "backward") if not hasattr(module, f"{op}_{d}")]
-    if missing:
-        return f"the {backend} backend has no {op} kernel in this build (missing {', '.join(missing)})"
-    return None
+    return backends.why_unavailable(backend, torch.device(device), op)
 
 
 def fastlmk_backend(op: str, provider: str, device: str) -> str:
@@ -106,6 +101,39 @@ def fastlmk_backend(op: str, provider: str, device: str) -> str:
 
 def kornia_module():
     return pytest.importorskip("kornia", reason="kornia is not installed (pip install '.[test]')")
+
+
+def provider_fn(provider: str, op: str, device: str, reference_fn: Callable, compiled_reference_fn: Callable,
+                kornia_fn: Callable, fastlmk_fn: Callable) -> tuple:
+    """(function of a case's inputs, untimed warm-up calls) for ``provider``: ``reference_fn``,
+    ``compiled_reference_fn`` (one warm-up call compiles it), ``kornia_fn(kornia)`` or
+    ``fastlmk_fn(backend)`` with the provider's backend; skips the test where it cannot run."""
+    if provider == "reference-eager":
+        return reference_fn, 0
+    if provider == "reference-compile":
+        return compiled_reference_fn, 1
+    if provider == "kornia":
+        return kornia_fn(kornia_module()), 0
+    return fastlmk_fn(fastlmk_backend(op, provider, device)), 0
+
+
+# --- the cases of a bench file, built once and freed after it -------------------------------
+_CASE_CACHES: list = []
+
+
+def case_cache(build: Callable) -> Callable:
+    """``functools.lru_cache`` for a bench file's case builders (``_case(shape, device)``): each
+    case is made once, and all are freed when the file's benchmarks are done (large inputs)."""
+    cached = functools.lru_cache(maxsize=None)(build)
+    _CASE_CACHES.append(cached)
+    return cached
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_cases():
+    yield
+    for cached in _CASE_CACHES:
+        cached.cache_clear()
 
 
 # --- a benchmark case -------------------------------------------------------------------------

@@ -17,12 +17,9 @@ from fastlmk import _source_tree
 # root)? Then take the compiled modules from the installed build of the same csrc/.
 _source_tree.attach_installed_kernels(__path__)
 
-from fastlmk._backends import BACKENDS
-from fastlmk.gaussian_heatmaps import gaussian_heatmaps
-from fastlmk.soft_argmax import soft_argmax
-from fastlmk.tps import TPS, identity_tps, random_tps, tps_fit
-from fastlmk.tps_transform_points import tps_transform_points
-from fastlmk.tps_warp import tps_warp
+from fastlmk import reference  # noqa: F401  (fastlmk.reference: the readable pure-PyTorch ops)
+from fastlmk.ops import (BACKENDS, TPS, gaussian_heatmaps, identity_tps, random_tps, soft_argmax,
+                         tps_fit, tps_transform_points, tps_warp)
 
 __version__ = "0.1.0"
 

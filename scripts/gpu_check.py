@@ -204,17 +204,18 @@ def worker_build_check(a: dict, out: str) -> None:
     import torch
 
     import fastlmk
-    from fastlmk import _backends, reference
+    from fastlmk import reference
+    from fastlmk.ops import backends
 
     dev = torch.device(a["device"])
     res: dict = {"fastlmk_file": fastlmk.__file__, "version": getattr(fastlmk, "__version__", "?"), "backends": {},
                  "ops": []}
     for b in ("cpu", "cuda", "triton"):
         bdev = torch.device("cpu") if b == "cpu" else dev
-        ok = _backends.available(b, bdev)
+        ok = backends.available(b, bdev)
         res["backends"][b] = {"available_on": str(bdev), "ok": ok,
-                              "why_not": None if ok else _backends._why_unavailable(b, bdev)}
-        mod = {"cpu": _backends.cpu_module, "cuda": _backends.cuda_module, "triton": _backends.triton_module}[b]()
+                              "why_not": backends.why_unavailable(b, bdev)}
+        mod = backends.module(b)
         res["backends"][b]["module"] = getattr(mod, "__file__", None) if mod is not None else None
     _emit(out, res)
     backends = [b for b in (("cuda", "triton") if dev.type == "cuda" else ("cpu",)) if res["backends"][b]["ok"]]

@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fastlmk import _backends  # noqa: E402
+from fastlmk.ops import backends  # noqa: E402
 
 KERNEL_BACKENDS = ("cpu", "triton", "cuda")
 DTYPES = (torch.float32, torch.float64)
@@ -50,34 +50,17 @@ def backend_device(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
-def kernel_module(backend: str):
-    """The module holding a backend's kernels (None when not built / not importable)."""
-    if backend == "cpu":
-        return _backends.cpu_module()
-    if backend == "cuda":
-        return _backends.cuda_module()
-    if backend == "triton":
-        return _backends.triton_module()
-    raise ValueError(backend)
-
-
-def has_kernel(backend: str, op: str) -> bool:
-    mod = kernel_module(backend)
-    return mod is not None and hasattr(mod, f"{op}_forward") and hasattr(mod, f"{op}_backward")
-
-
 def require_kernel(backend: str, op: str) -> torch.device:
     """Skip the calling test unless ``backend`` can run here (a GPU for "cuda", the built module,
     triton); return the device to use. A backend that is available but lacks ``op``'s kernels
-    fails: every backend implements every op."""
+    fails: every backend implements every op. Both follow ``fastlmk.ops.backends.why_unavailable``."""
     device = backend_device(backend)
-    if backend == "cuda" and not torch.cuda.is_available():
-        pytest.skip("cuda backend: no CUDA GPU on this machine")
-    if not _backends.available(backend, device):
-        pytest.skip(f"{backend} backend not available on {device}: {_backends._why_unavailable(backend, device)}")
-    if not has_kernel(backend, op):
-        mod = kernel_module(backend)
-        pytest.fail(f"the {backend} backend has no {op} kernel ({op}_forward/{op}_backward missing from {mod.__name__})")
+    why = backends.why_unavailable(backend, device)
+    if why is not None:
+        pytest.skip(f"{backend} backend not available on {device}: {why}")
+    why = backends.why_unavailable(backend, device, op)
+    if why is not None:
+        pytest.fail(f"the {backend} backend cannot run {op}: {why}")
     return device
 
 
@@ -104,17 +87,20 @@ def tolerances(dtype: torch.dtype, grad: bool = False):
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float | None = None,
-                 rtol: float | None = None, scale: bool = False, grad: bool = False, name: str = "") -> None:
+                 rtol: float | None = None, scale: bool = False, grad: bool = False, name: str = "",
+                 check_dtype: bool = True) -> None:
     """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise (NaNs must match).
 
     Defaults come from ``TOL``/``GRAD_TOL`` for ``expected``'s dtype; ``scale=True`` multiplies
-    atol by ``max(1, max|expected|)`` (for sums over many terms). On failure the message gives the
-    number of bad elements and the worst one: its index, both values and the difference.
+    atol by ``max(1, max|expected|)`` (for sums over many terms). The dtypes must agree unless
+    ``check_dtype=False`` (a float32 result against a float64 oracle); values are compared in
+    float64. On failure the message gives the number of bad elements and the worst one: its
+    index, both values and the difference.
     """
     label = f"{name}: " if name else ""
     assert isinstance(actual, torch.Tensor), f"{label}expected a tensor, got {type(actual).__name__}"
     assert actual.shape == expected.shape, f"{label}shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{label}dtype {actual.dtype} != expected {expected.dtype}"
+    assert not check_dtype or actual.dtype == expected.dtype, f"{label}dtype {actual.dtype} != expected {expected.dtype}"
     if expected.numel() == 0:
         return
     d_atol, d_rtol = tolerances(expected.dtype if expected.dtype in TOL else torch.float32, grad)
@@ -207,5 +193,5 @@ def pytest_report_header(config):
     import fastlmk
 
     cpu = torch.device("cpu")
-    built = [b for b in ("cpu", "cuda", "triton") if _backends.available(b, torch.device("cuda") if b == "cuda" else cpu)]
+    built = [b for b in ("cpu", "cuda", "triton") if backends.available(b, torch.device("cuda") if b == "cuda" else cpu)]
     return [f"fastlmk {fastlmk.__version__} from {os.path.dirname(fastlmk.__file__)}; backends runnable here: {built}"]

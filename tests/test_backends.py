@@ -1,4 +1,4 @@
-"""Backend resolution (fastlmk._backends): "auto", the fallback warning, FASTLMK_BACKEND, and the
+"""Backend resolution (fastlmk.ops.backends): "auto", the fallback warning, FASTLMK_BACKEND, and the
 errors for backends that cannot run here."""
 
 import re
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import _backends, reference
+from fastlmk import reference
+from fastlmk.ops import backends
 from conftest import assert_close, make_generator, make_tps, require_kernel
 
 OPS = ("soft_argmax", "gaussian_heatmaps", "tps_warp", "tps_transform_points")
@@ -34,15 +35,15 @@ def _call(op, backend="auto", dtype=torch.float32, device="cpu", requires_grad=F
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """Forget which fallback warnings were already given, and clear FASTLMK_BACKEND."""
-    monkeypatch.setattr(_backends, "_warned", set())
+    monkeypatch.setattr(backends, "_warned", set())
     monkeypatch.delenv("FASTLMK_BACKEND", raising=False)
 
 
 @pytest.fixture
 def cpu_only_build(monkeypatch):
     """Pretend fastlmk was installed without its CUDA module."""
-    monkeypatch.setitem(_backends._modules, "fastlmk._C_cuda", None)
-    monkeypatch.setitem(_backends._errors, "fastlmk._C_cuda", ImportError("No module named 'fastlmk._C_cuda'"))
+    monkeypatch.setitem(backends._modules, "fastlmk._C_cuda", None)
+    monkeypatch.setitem(backends._errors, "fastlmk._C_cuda", ImportError("No module named 'fastlmk._C_cuda'"))
 
 
 def test_backend_names():
@@ -52,7 +53,7 @@ def test_backend_names():
 @pytest.mark.parametrize("op", OPS)
 def test_auto_on_cpu_uses_the_cpu_kernel(op, fresh_warnings):
     require_kernel("cpu", op)
-    assert _backends.resolve(op, "auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert backends.resolve(op, "auto", torch.device("cpu"), torch.float32) == "cpu"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning when the kernel exists
         out, _ = _call(op, "auto")
@@ -64,7 +65,7 @@ def test_auto_on_cpu_uses_the_cpu_kernel(op, fresh_warnings):
 def test_auto_falls_back_to_reference_with_one_warning(op, fresh_warnings, monkeypatch):
     """No compiled CPU module: "auto" runs the reference (forward and backward) and warns once
     per (op, device type, dtype)."""
-    monkeypatch.setitem(_backends._modules, "fastlmk._C_cpu", None)
+    monkeypatch.setitem(backends._modules, "fastlmk._C_cpu", None)
     with pytest.warns(RuntimeWarning, match=rf"fastlmk\.{op}: no compiled kernel for cpu .*falling back"):
         out, x = _call(op, "auto", dtype=torch.float64, requires_grad=True)
     ref, xr = _call(op, "reference", dtype=torch.float64, requires_grad=True)
@@ -102,17 +103,17 @@ def test_environment_override(fresh_warnings, monkeypatch):
     monkeypatch.setenv("FASTLMK_BACKEND", "reference")
     cpu = torch.device("cpu")
     for op in OPS:
-        assert _backends.resolve(op, "auto", cpu, torch.float32) == "reference"
+        assert backends.resolve(op, "auto", cpu, torch.float32) == "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a chosen backend is no fallback: no warning
         _call("soft_argmax", "auto")
     assert calls == [1], "FASTLMK_BACKEND=reference must route 'auto' to the reference"
     # an explicit backend= wins over the environment
-    if _backends.available("cpu", cpu):
+    if backends.available("cpu", cpu):
         _call("soft_argmax", "cpu")
         assert calls == [1]
         monkeypatch.setenv("FASTLMK_BACKEND", "cpu")
-        assert _backends.resolve("soft_argmax", "auto", cpu, torch.float32) == "cpu"
+        assert backends.resolve("soft_argmax", "auto", cpu, torch.float32) == "cpu"
 
 
 @pytest.mark.parametrize("value", ["bogus", "auto", "CPU"])
@@ -140,18 +141,18 @@ def test_cuda_requested_in_a_cpu_only_build(op, cpu_only_build):
     with pytest.raises(RuntimeError, match=rf"fastlmk\.{op}: the 'cuda' backend needs CUDA tensors, got a tensor on cpu"):
         _call(op, "cuda")
     # on CUDA tensors (resolution only, so this runs without a GPU): the reason is the build
-    assert not _backends.available("cuda", torch.device("cuda"))
+    assert not backends.available("cuda", torch.device("cuda"))
     with pytest.raises(RuntimeError, match=rf"fastlmk\.{op}: fastlmk was built without CUDA kernels .*nvcc"):
-        _backends.resolve(op, "cuda", torch.device("cuda"), torch.float32)
+        backends.resolve(op, "cuda", torch.device("cuda"), torch.float32)
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_triton_on_cpu_without_the_interpreter(op, monkeypatch):
-    # import fastlmk.triton (and triton) first, with the interpreter as the session set it: the
+    # import fastlmk.ops.triton (and triton) first, with the interpreter as the session set it: the
     # interpreter is chosen when the kernels are decorated, at import
-    module = _backends.triton_module()
+    module = backends.module("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not _backends.available("triton", torch.device("cpu"))
+    assert not backends.available("triton", torch.device("cpu"))
     reason = "TRITON_INTERPRET=1" if module is not None else "needs the triton package"
     with pytest.raises(RuntimeError, match=rf"fastlmk\.{op}: the 'triton' backend .*{re.escape(reason)}"):
         _call(op, "triton")
@@ -168,10 +169,10 @@ def test_explicit_backend_with_an_unsupported_dtype(op):
 @pytest.mark.parametrize("op", OPS)
 def test_auto_on_cuda_follows_the_preference_table(op, fresh_warnings):
     dev = torch.device("cuda")
-    avail = [b for b in _backends.AUTO_CUDA[op] if _backends.available(b, dev)]
+    avail = [b for b in backends.AUTO_CUDA[op] if backends.available(b, dev)]
     if not avail:
         pytest.skip(f"no GPU kernel of {op} in this build")
-    assert _backends.resolve(op, "auto", dev, torch.float32) == avail[0]
+    assert backends.resolve(op, "auto", dev, torch.float32) == avail[0]
     out, _ = _call(op, "auto", device="cuda")
     ref, _ = _call(op, "reference", device="cuda")
     assert_close(out, ref, atol=1e-4, rtol=1e-3)
@@ -234,7 +235,7 @@ def test_the_build_records_its_sources():
 
     from fastlmk import _build_info
 
-    mod = _backends.cpu_module()
+    mod = backends.module("cpu")
     if mod is None:
         pytest.skip("no compiled CPU module here")
     recorded = _build_info.read(pathlib.Path(mod.__file__).parent)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS, _backends
+from fastlmk import TPS
+from fastlmk.ops import backends
 from conftest import KERNEL_BACKENDS, backend_device, make_tps
 
-BACKENDS_HERE = ["auto"] + [b for b in KERNEL_BACKENDS if _backends.available(b, backend_device(b))]
+BACKENDS_HERE = ["auto"] + [b for b in KERNEL_BACKENDS if backends.available(b, backend_device(b))]
 
 
 def _tps(B=2, dtype=torch.float32, device="cpu"):

@@ -163,12 +163,12 @@ def test_control_points_carry_no_gradient_on_every_backend(backend, op):
 
 # --- the Triton kernels index in int32: huge extents are refused, not read out of bounds --------
 def test_triton_int32_index_guard():
-    from fastlmk import _backends
+    from fastlmk.ops import backends
 
-    tri = _backends.triton_module()
+    tri = backends.module("triton")
     if tri is None:
         pytest.skip("triton is not installed")
-    from fastlmk.triton import gaussian_heatmaps as gh, soft_argmax as sa, tps_transform_points as tp, tps_warp as tw
+    from fastlmk.ops.triton import gaussian_heatmaps as gh, soft_argmax as sa, tps_transform_points as tp, tps_warp as tw
 
     big = torch.zeros(1, 1, 1).expand(1, 2**16, 2**15)  # 2^31 elements, no memory
     with pytest.raises(ValueError, match="fastlmk.soft_argmax: the triton backend addresses H \\* W"):

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS, _backends
+from fastlmk import TPS
+from fastlmk.ops import backends
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="low-precision checks run on CUDA GPUs only (no GPU available)")
@@ -129,6 +130,6 @@ def check_low_precision(name: str, backend: str, dtype: torch.dtype, device: str
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_low_precision(name, backend, dtype):
-    if not _backends.available(backend, torch.device("cuda")):
+    if not backends.available(backend, torch.device("cuda")):
         pytest.skip(f"backend {backend!r} not available on CUDA in this installation")
     check_low_precision(name, backend, dtype)

@@ -54,8 +54,8 @@ def test_cuda_device_and_triton_backend_without_gpu_say_so(tmp_path):
     with pytest.raises(ValueError, match="--device cuda: no CUDA GPU"):
         validate(tiny(tmp_path, "x", device="cuda"))
     os.environ.pop("FASTLMK_BACKEND", None)
-    from fastlmk import _backends
-    if not _backends.available("triton", torch.device("cpu")):
+    from fastlmk.ops import backends
+    if not backends.available("triton", torch.device("cpu")):
         with pytest.raises(ValueError, match="--backend triton cannot run on cpu"):
             validate(tiny(tmp_path, "x", backend="triton"))
 

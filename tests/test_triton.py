@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import fastlmk
-from fastlmk import TPS, _backends
+from fastlmk import TPS
+from fastlmk.ops import backends
+from conftest import assert_close
 
-DEVICES = [d for d in ("cpu", "cuda")
-           if (d == "cpu" or torch.cuda.is_available()) and _backends.available("triton", torch.device(d))]
+DEVICES = [d for d in ("cpu", "cuda") if backends.available("triton", torch.device(d))]
 pytestmark = pytest.mark.skipif(
     not DEVICES,
     reason="triton backend unavailable: needs triton and a CUDA GPU, or TRITON_INTERPRET=1 set before triton is imported",
@@ -29,15 +30,14 @@ pytestmark = pytest.mark.skipif(
 DEVICES = DEVICES or ["cpu"]
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+# each op in each working dtype, on every device Triton runs on here
+over_devices_and_dtypes = pytest.mark.parametrize("device, dtype", [(d, t) for d in DEVICES for t in TOL])
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """|actual - expected| <= tol * max(1, max|expected|) + tol |expected| elementwise; on failure
-    torch.testing names the worst element and its difference."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual.double(), expected.double(), atol=tol * scale, rtol=tol,
-                               msg=lambda m: f"{what}: {m}")
+def close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """|actual - expected| <= tol * max(1, max|expected|) + tol |expected| elementwise, against a
+    reference evaluated in float64 (conftest.assert_close names the worst element)."""
+    assert_close(actual, expected, atol=tol, rtol=tol, scale=True, check_dtype=False, name=what)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -52,8 +52,7 @@ def _grads(out: torch.Tensor, upstream: torch.Tensor, *inputs: torch.Tensor):
 SOFT_ARGMAX_SHAPES = [(2, 3, 5, 7), (1, 1, 1, 1), (2, 1, 1, 9), (1, 2, 13, 1), (1, 2, 33, 40)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("mode", ["spatial", "marginal"])
 @pytest.mark.parametrize("shape", SOFT_ARGMAX_SHAPES, ids=str)
 def test_soft_argmax(device, dtype, mode, shape):
@@ -65,9 +64,9 @@ def test_soft_argmax(device, dtype, mode, shape):
     out = fastlmk.soft_argmax(xt, temperature, mode, backend="triton")
     ref = fastlmk.soft_argmax(xr, temperature, mode, backend="reference")
     assert out.dtype == dtype
-    assert_close(out, ref, TOL[dtype], "points")
+    close(out, ref, TOL[dtype], "points")
     (gt,), (gr,) = _grads(out, up, xt), _grads(ref, up, xr)
-    assert_close(gt, gr, TOL[dtype], "grad heatmaps")
+    close(gt, gr, TOL[dtype], "grad heatmaps")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -90,15 +89,14 @@ def test_soft_argmax_extreme_logits(device):
         ref = fastlmk.soft_argmax(logits.float().double(), 0.1, mode, backend="reference")
         assert torch.isfinite(ref).all()
         assert torch.isfinite(out).all(), mode
-        assert_close(out, ref, 1e-5, mode)
+        close(out, ref, 1e-5, mode)
 
 
 # --- Gaussian heatmaps ---------------------------------------------------------------------
 GAUSSIAN_SHAPES = [(2, 3, 5, 7), (1, 1, 1, 1), (3, 1, 1, 6), (1, 2, 9, 1), (1, 2, 37, 150)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("shape", GAUSSIAN_SHAPES, ids=str)
 def test_gaussian_heatmaps(device, dtype, shape):
     B, K, H, W = shape
@@ -110,9 +108,9 @@ def test_gaussian_heatmaps(device, dtype, shape):
     out = fastlmk.gaussian_heatmaps(pt, H, W, std, backend="triton")
     ref = fastlmk.gaussian_heatmaps(pr, H, W, std, backend="reference")
     assert out.dtype == dtype
-    assert_close(out, ref, TOL[dtype], "maps")
+    close(out, ref, TOL[dtype], "maps")
     (gt,), (gr,) = _grads(out, up, pt), _grads(ref, up, pr)
-    assert_close(gt, gr, TOL[dtype], "grad points")
+    close(gt, gr, TOL[dtype], "grad points")
 
 
 # --- TPS -----------------------------------------------------------------------------------
@@ -129,8 +127,7 @@ def _tps(B: int, grid: int, shared: bool, g: torch.Generator, noise: float = 0.1
 POINT_CASES = [(2, 5, 3, True), (3, 1, 2, False), (1, 40, 5, True), (2, 17, 1, False)]  # B, M, grid, shared
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("case", POINT_CASES, ids=str)
 def test_tps_transform_points(device, dtype, case):
     B, M, grid, shared = case
@@ -146,10 +143,10 @@ def test_tps_transform_points(device, dtype, case):
     out = fastlmk.tps_transform_points(pt, TPS(ctrl, ct), backend="triton")
     ref = fastlmk.tps_transform_points(pr, TPS(ctrl.double(), cr), backend="reference")
     assert out.dtype == dtype
-    assert_close(out, ref, TOL[dtype], "points")
+    close(out, ref, TOL[dtype], "points")
     gt, gr = _grads(out, up, pt, ct), _grads(ref, up, pr, cr)
-    assert_close(gt[0], gr[0], TOL[dtype], "grad points")
-    assert_close(gt[1], gr[1], TOL[dtype], "grad coef")
+    close(gt[0], gr[0], TOL[dtype], "grad points")
+    close(gt[1], gr[1], TOL[dtype], "grad coef")
 
 
 WARP_CASES = [  # B, C, (Hi, Wi), (Ho, Wo), grid, shared
@@ -161,8 +158,7 @@ WARP_CASES = [  # B, C, (Hi, Wi), (Ho, Wo), grid, shared
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@over_devices_and_dtypes
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 @pytest.mark.parametrize("case", WARP_CASES, ids=str)
 def test_tps_warp(device, dtype, padding, case):
@@ -178,17 +174,17 @@ def test_tps_warp(device, dtype, padding, case):
     out = fastlmk.tps_warp(it, TPS(ctrl, ct), size, padding, backend="triton")
     ref = fastlmk.tps_warp(ir, TPS(ctrl.double(), cr), size, padding, backend="reference")
     assert out.dtype == dtype
-    assert_close(out, ref, TOL[dtype], "warped image")
+    close(out, ref, TOL[dtype], "warped image")
     gt, gr = _grads(out, up, it, ct), _grads(ref, up, ir, cr)
-    assert_close(gt[0], gr[0], TOL[dtype], "grad image")
-    assert_close(gt[1], gr[1], TOL[dtype], "grad coef")
+    close(gt[0], gr[0], TOL[dtype], "grad image")
+    close(gt[1], gr[1], TOL[dtype], "grad coef")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_tps_partial_gradients(device):
     """The kernel-level interface returns None for a gradient that is not needed, and the wanted
     one is unchanged."""
-    from fastlmk import triton as tk
+    from fastlmk.ops import triton as tk
 
     g = torch.Generator().manual_seed(4)
     tps = _tps(2, 3, True, g)
@@ -199,8 +195,8 @@ def test_tps_partial_gradients(device):
     only_image = tk.tps_warp_backward(up, img, ctrl, coef, False, True, False)
     only_coef = tk.tps_warp_backward(up, img, ctrl, coef, False, False, True)
     assert only_image[1] is None and only_coef[0] is None
-    assert_close(only_image[0], both[0], 1e-6, "grad image")
-    assert_close(only_coef[1], both[1], 1e-6, "grad coef")
+    close(only_image[0], both[0], 1e-6, "grad image")
+    close(only_coef[1], both[1], 1e-6, "grad coef")
     assert tk.tps_warp_backward(up, img, ctrl, coef, False, False, False) == (None, None)
     pts = torch.rand(2, 3, 2, generator=g).to(device)
     gp = torch.randn(2, 3, 2, generator=g).to(device)
@@ -208,8 +204,8 @@ def test_tps_partial_gradients(device):
     only_points = tk.tps_transform_points_backward(gp, pts, ctrl, coef, True, False)
     only_coef = tk.tps_transform_points_backward(gp, pts, ctrl, coef, False, True)
     assert only_points[1] is None and only_coef[0] is None
-    assert_close(only_points[0], both[0], 1e-6, "grad points")
-    assert_close(only_coef[1], both[1], 1e-6, "grad coef")
+    close(only_points[0], both[0], 1e-6, "grad points")
+    close(only_coef[1], both[1], 1e-6, "grad coef")
 
 
 # --- across ops ----------------------------------------------------------------------------
@@ -250,41 +246,41 @@ def test_half_inputs(device, dtype):
     for mode in ("spatial", "marginal"):
         out = fastlmk.soft_argmax(x, 0.5, mode, backend="triton")
         assert out.dtype == dtype
-        assert_close(out, fastlmk.soft_argmax(x.double(), 0.5, mode, backend="reference"), tol, mode)
+        close(out, fastlmk.soft_argmax(x.double(), 0.5, mode, backend="reference"), tol, mode)
     pts = (torch.rand(2, 3, 2, generator=g) * 2 - 1).to(device, dtype)
     out = fastlmk.gaussian_heatmaps(pts, 7, 8, 0.3, backend="triton")
-    assert_close(out, fastlmk.gaussian_heatmaps(pts.double(), 7, 8, 0.3, backend="reference"), tol, "maps")
+    close(out, fastlmk.gaussian_heatmaps(pts.double(), 7, 8, 0.3, backend="reference"), tol, "maps")
     tps = _tps(2, 3, True, g)
     tps32 = TPS(tps.ctrl.float().to(device), tps.coef.float().to(device))
     tps64 = TPS(tps32.ctrl.double(), tps32.coef.double())
     img = torch.randn(2, 2, 8, 9, generator=g).to(device, dtype)
     out = fastlmk.tps_warp(img, tps32, backend="triton")
     # sample positions in float32 (kernel) vs float64: differences scale with the image gradient
-    assert_close(out, fastlmk.tps_warp(img.double(), tps64, backend="reference"), 2 * tol, "warp")
+    close(out, fastlmk.tps_warp(img.double(), tps64, backend="reference"), 2 * tol, "warp")
     out = fastlmk.tps_transform_points(pts, tps32, backend="triton")
-    assert_close(out, fastlmk.tps_transform_points(pts.double(), tps64, backend="reference"), tol, "tps points")
+    close(out, fastlmk.tps_transform_points(pts.double(), tps64, backend="reference"), tol, "tps points")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64).to(device).transpose(2, 3)  # (2, 3, 5, 7)
-    assert_close(fastlmk.soft_argmax(x, 0.5, backend="triton"), fastlmk.soft_argmax(x, 0.5, backend="reference"),
+    close(fastlmk.soft_argmax(x, 0.5, backend="triton"), fastlmk.soft_argmax(x, 0.5, backend="reference"),
                  1e-10, "soft_argmax")
     pts = torch.rand(2, 2, 3, generator=g, dtype=torch.float64).to(device)[..., ::2] * 2 - 1  # stride 2
-    assert_close(fastlmk.gaussian_heatmaps(pts, 4, 5, 0.3, backend="triton"),
+    close(fastlmk.gaussian_heatmaps(pts, 4, 5, 0.3, backend="triton"),
                  fastlmk.gaussian_heatmaps(pts, 4, 5, 0.3, backend="reference"), 1e-10, "gaussian")
     tps = _tps(1, 2, True, g)  # batch-1 spline broadcast over the images
     tps = TPS(tps.ctrl.to(device), tps.coef.to(device))
     img = torch.randn(2, 6, 5, 3, generator=g, dtype=torch.float64).to(device).permute(0, 3, 1, 2)  # channels last
-    assert_close(fastlmk.tps_warp(img, tps, backend="triton"), fastlmk.tps_warp(img, tps, backend="reference"),
+    close(fastlmk.tps_warp(img, tps, backend="triton"), fastlmk.tps_warp(img, tps, backend="reference"),
                  1e-10, "tps_warp")
-    assert_close(fastlmk.tps_transform_points(pts, tps, backend="triton"),
+    close(fastlmk.tps_transform_points(pts, tps, backend="triton"),
                  fastlmk.tps_transform_points(pts, tps, backend="reference"), 1e-10, "tps points")
 
 
 def test_marginal_width_limit():
-    from fastlmk.triton import soft_argmax as sa
+    from fastlmk.ops.triton import soft_argmax as sa
 
     with pytest.raises(ValueError, match="W <= 16384"):
         sa._marginal_blocks(2, 20000)
@@ -317,26 +313,25 @@ def test_torch_compile(device):
     torch._dynamo.reset()
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(*inputs)
     compiled_grads = torch.autograd.grad(compiled, inputs)
-    assert_close(compiled, eager, 1e-6, "loss")
+    close(compiled, eager, 1e-6, "loss")
     for a, b, name in zip(compiled_grads, eager_grads, ("x", "img", "coef", "pts")):
-        assert_close(a, b, 1e-6, f"grad {name}")
+        close(a, b, 1e-6, f"grad {name}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     """torch.library.opcheck: schema, fake functions, autograd registration of the compiled ops
     (tracing through AOT autograd is test_torch_compile's part)."""
-    from fastlmk.triton import compiled_ops as co
-
     g = torch.Generator().manual_seed(9)
     x = _leaf(torch.randn(2, 1, 4, 5, generator=g).to(device))
     pts = _leaf((torch.rand(2, 3, 2, generator=g) * 2 - 1).to(device))
     tps = _tps(2, 2, False, g)
     ctrl, coef = tps.ctrl.float().to(device), _leaf(tps.coef.float().to(device))
     img = _leaf(torch.randn(2, 2, 5, 4, generator=g).to(device))
-    cases = [(co._soft_argmax_op, (x, 0.5, False)), (co._soft_argmax_op, (x, 0.5, True)),
-             (co._gaussian_op, (pts, 5, 4, 0.3)), (co._warp_op, (img, ctrl, coef, 4, 5, False)),
-             (co._points_op, (pts, ctrl, coef))]
+    ops = torch.ops.fastlmk
+    cases = [(ops.triton_soft_argmax, (x, 0.5, False)), (ops.triton_soft_argmax, (x, 0.5, True)),
+             (ops.triton_gaussian_heatmaps, (pts, 5, 4, 0.3)), (ops.triton_tps_warp, (img, ctrl, coef, 4, 5, False)),
+             (ops.triton_tps_transform_points, (pts, ctrl, coef))]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 

@@ -2,7 +2,7 @@
 
 Run as a script (``python tests/triton_aot_compile.py [--arch 90] [--level full]``, from the repo root
 with the package importable, and WITHOUT ``TRITON_INTERPRET``); tests/test_triton.py runs it in
-a subprocess. The host functions of ``fastlmk.triton`` are called on small CPU tensors with the
+a subprocess. The host functions of ``fastlmk.ops.triton`` are called on small CPU tensors with the
 kernel launch replaced by a recorder; each recorded launch is turned into the signature Triton
 would specialise on a GPU (pointer dtypes, ints, ints equal to 1 as constants, the constexprs)
 and compiled ahead of time to a cubin with ``triton.compile`` (ptxas included). This catches
@@ -25,10 +25,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastlmk.triton import gaussian_heatmaps as gh  # noqa: E402
-from fastlmk.triton import soft_argmax as sa  # noqa: E402
-from fastlmk.triton import tps_transform_points as tp  # noqa: E402
-from fastlmk.triton import tps_warp as tw  # noqa: E402
+from fastlmk.ops.triton import gaussian_heatmaps as gh  # noqa: E402
+from fastlmk.ops.triton import soft_argmax as sa  # noqa: E402
+from fastlmk.ops.triton import tps_transform_points as tp  # noqa: E402
+from fastlmk.ops.triton import tps_warp as tw  # noqa: E402
 
 _TL = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
        torch.int32: "i32", torch.int64: "i64"}

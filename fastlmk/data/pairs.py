@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 import fastlmk
-from fastlmk.tps import TPS
+from fastlmk import TPS
 
 __all__ = ["Pairs", "TPSPairs", "border_mask"]
 

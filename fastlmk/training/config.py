@@ -277,13 +277,13 @@ def check_names(cfg: TrainConfig) -> None:
 
 def check_backend(backend: str, device) -> None:
     """--backend: one of fastlmk.BACKENDS that can run on ``device`` here (ValueError otherwise)."""
-    from fastlmk import _backends
+    from fastlmk.ops import backends
 
-    if backend not in _backends.BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(_backends.BACKENDS)}, got {backend!r}")
-    if backend not in ("auto", "reference") and not _backends.available(backend, device):
-        raise ValueError(f"--backend {backend} cannot run on {device} here: "
-                         f"{_backends._why_unavailable(backend, device)}")
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
+    why = None if backend in ("auto", "reference") else backends.why_unavailable(backend, device)
+    if why:
+        raise ValueError(f"--backend {backend} cannot run on {device} here: {why}")
 
 
 def check_device(spec: str, flag: str = "--device"):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastlmk
-from fastlmk.soft_argmax import MODES as SOFT_ARGMAX_MODES
+from fastlmk.ops.soft_argmax import MODES as SOFT_ARGMAX_MODES
 
 if TYPE_CHECKING:
     from fastlmk.training.config import TrainConfig

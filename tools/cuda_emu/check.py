@@ -64,7 +64,8 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 from fastlmk import reference  # noqa: E402
-from fastlmk._cpp import CppKernels, acc_dtype  # noqa: E402
+from fastlmk.ops._cpp import CppKernels  # noqa: E402
+from fastlmk.ops._interface import acc_dtype  # noqa: E402
 
 torch.manual_seed(0)
 FAILURES = []

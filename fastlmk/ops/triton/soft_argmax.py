@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
+from fastlmk.ops._interface import acc_dtype, soft_argmax_stats_width
+from fastlmk.ops.triton._common import check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
 
 _MAX_BLOCK = 2048  # pixels per step of the spatial sweeps
 _MAX_TILE = 4096  # elements of a (rows, full width) tile of the marginal kernels
@@ -223,7 +224,7 @@ def soft_argmax_forward(logits: torch.Tensor, inv_t: float, marginal: bool):
     check_index_range("soft_argmax", **{"H * W (one map)": H * W, "M * 4 (stats)": M * 4})
     points = torch.empty((M, 2), dtype=logits.dtype, device=logits.device)
     # stats: spatial (max, log-sum); marginal (max, log-sum) of the columns, then of the rows
-    stats = torch.empty((M, 4 if marginal else 2), dtype=acc_dtype(logits.dtype), device=logits.device)
+    stats = torch.empty((M, soft_argmax_stats_width(marginal)), dtype=acc_dtype(logits.dtype), device=logits.device)
     hi, lo = split_scalar(inv_t)
     f64 = is_f64(logits.dtype)
     if marginal:

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
+from fastlmk.ops._interface import acc_dtype
+from fastlmk.ops.triton._common import check_index_range, grid_coord, is_f64, launch, pow2, scalar, split_scalar
 
 _MAX_BLOCK_W = 128
 _TILE = 2048  # pixels per tile

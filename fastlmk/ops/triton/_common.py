@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton kernels: dtypes, scalar passing, launch, grid coordinates."""
+"""Helpers shared by the Triton kernels: dtype flag, scalar passing, launch, grid coordinates."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ import struct
 import torch
 import triton
 import triton.language as tl
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of data in ``dtype``: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def is_f64(dtype: torch.dtype) -> bool:

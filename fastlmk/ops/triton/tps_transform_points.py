@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import check_index_range, is_f64, launch, pow2
+from fastlmk.ops.triton._common import check_index_range, is_f64, launch, pow2
 
 
 @triton.jit
@@ -30,28 +30,46 @@ def radial(d2):
 
 
 @triton.jit
+def load_xy(base, idx, mask):
+    """(base[2 idx], base[2 idx + 1]): the x and y of interleaved (x, y) pairs, 0 where masked."""
+    return tl.load(base + 2 * idx, mask=mask, other=0.0), tl.load(base + 2 * idx + 1, mask=mask, other=0.0)
+
+
+@triton.jit
+def _program_points(p_ptr, M, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's batch item b (axis 0) and points m (axis 1 blocks of BLOCK_M): b, the
+    offsets m, their mask and the coordinates (x_m, y_m) in ACC (0 on padding lanes)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask = offs < M
+    x, y = load_xy(p_ptr + b * M * 2, offs, mask)
+    return b, offs, mask, x.to(ACC), y.to(ACC)
+
+
+@triton.jit
+def _ctrl_block(cb, n0, N, BLOCK_N: tl.constexpr):
+    """Control points n0 .. n0 + BLOCK_N - 1 of the spline at ``cb``: indices n, their mask and
+    coordinates (cx, cy) (0 on padding lanes)."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    cx, cy = load_xy(cb, n, nmask)
+    return n, nmask, cx, cy
+
+
+@triton.jit
 def _fwd_kernel(p_ptr, ctrl_ptr, coef_ptr, out_ptr, M, N, ctrl_bstride,
                 IS_F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Program (b, m-block): out[b, m] = a_0 + x_m a_x + y_m a_y + sum_i w_i U(|p_m - c_i|^2).
     ctrl_bstride is 0 for a shared lattice, 2N otherwise."""
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = offs < M
-    pb = p_ptr + b * M * 2
-    x = tl.load(pb + 2 * offs, mask=mask, other=0.0).to(ACC)
-    y = tl.load(pb + 2 * offs + 1, mask=mask, other=0.0).to(ACC)
+    b, offs, mask, x, y = _program_points(p_ptr, M, ACC, BLOCK_M)
     cb = ctrl_ptr + b * ctrl_bstride
     wb = coef_ptr + b * (N + 3) * 2
     fx = tl.zeros([BLOCK_M], ACC)
     fy = tl.zeros([BLOCK_M], ACC)
     for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < N
-        cx = tl.load(cb + 2 * n, mask=nmask, other=0.0)
-        cy = tl.load(cb + 2 * n + 1, mask=nmask, other=0.0)
-        wx = tl.load(wb + 2 * n, mask=nmask, other=0.0)  # 0 for padding lanes: no contribution
-        wy = tl.load(wb + 2 * n + 1, mask=nmask, other=0.0)
+        n, nmask, cx, cy = _ctrl_block(cb, n0, N, BLOCK_N)
+        wx, wy = load_xy(wb, n, nmask)  # 0 for padding lanes: no contribution
         dx = x[:, None] - cx[None, :]
         dy = y[:, None] - cy[None, :]
         u = radial(dx * dx + dy * dy)  # (BLOCK_M, BLOCK_N)
@@ -77,33 +95,24 @@ def _bwd_kernel(g_ptr, p_ptr, ctrl_ptr, coef_ptr, gp_ptr, gc_ptr, M, N, ctrl_bst
                 (this program's partial sums, atomically added to gc, zeroed).
     """
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
-    b = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = offs < M
-    pb = p_ptr + b * M * 2
-    x = tl.load(pb + 2 * offs, mask=mask, other=0.0).to(ACC)
-    y = tl.load(pb + 2 * offs + 1, mask=mask, other=0.0).to(ACC)
+    b, offs, mask, x, y = _program_points(p_ptr, M, ACC, BLOCK_M)
     gb = g_ptr + b * M * 2
-    ox = tl.load(gb + 2 * offs, mask=mask, other=0.0).to(ACC)  # 0 on padding lanes
-    oy = tl.load(gb + 2 * offs + 1, mask=mask, other=0.0).to(ACC)
+    ox, oy = load_xy(gb, offs, mask)  # 0 on padding lanes
+    ox, oy = ox.to(ACC), oy.to(ACC)
     cb = ctrl_ptr + b * ctrl_bstride
     wb = coef_ptr + b * (N + 3) * 2
     gcb = gc_ptr + b * (N + 3) * 2
     jx = tl.zeros([BLOCK_M], ACC)
     jy = tl.zeros([BLOCK_M], ACC)
     for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < N
-        cx = tl.load(cb + 2 * n, mask=nmask, other=0.0)
-        cy = tl.load(cb + 2 * n + 1, mask=nmask, other=0.0)
+        n, nmask, cx, cy = _ctrl_block(cb, n0, N, BLOCK_N)
         dx = x[:, None] - cx[None, :]
         dy = y[:, None] - cy[None, :]
         d2 = dx * dx + dy * dy
         pos = d2 > 0.0
         logd2 = tl.log(tl.where(pos, d2, 1.0))
         if NEED_POINTS:
-            wx = tl.load(wb + 2 * n, mask=nmask, other=0.0)
-            wy = tl.load(wb + 2 * n + 1, mask=nmask, other=0.0)
+            wx, wy = load_xy(wb, n, nmask)
             h = ox[:, None] * wx[None, :] + oy[:, None] * wy[None, :]  # (BLOCK_M, BLOCK_N)
             k = tl.where(pos, 2.0 * h * (logd2 + 1.0), zero_or_nan(d2))
             jx += tl.sum(k * dx, 1)

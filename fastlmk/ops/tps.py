@@ -15,11 +15,13 @@ pixel p samples the input at f(p).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 
-from fastlmk import _checks, reference
+from fastlmk.ops import _checks, reference
+from fastlmk.ops._interface import acc_dtype
 
 __all__ = ["TPS", "tps_fit", "random_tps", "identity_tps", "lattice"]
 
@@ -68,6 +70,31 @@ def check_tps(op: str, tps) -> None:
         raise ValueError(f"fastlmk.{op}: tps.coef must be (B, N + 3, 2) for N = {N} control points, got {tuple(tps.coef.shape)}")
     if tps.ctrl.shape[0] not in (1, B):
         raise ValueError(f"fastlmk.{op}: tps.ctrl batch must be 1 or {B}, got {tps.ctrl.shape[0]}")
+
+
+def prepare_tps(op: str, image_like: torch.Tensor, tps: TPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ctrl, coef)`` of ``tps`` as the kernels take them (for :func:`fastlmk.tps_warp` and
+    :func:`fastlmk.tps_transform_points`): in the accumulation dtype of the data
+    ``image_like``, a batch-1 spline broadcast to its batch.
+
+    Control points are constants on every backend (the reference included, so that all agree):
+    a ``ctrl`` that requires grad is detached, with a warning saying so."""
+    ctrl = tps.ctrl
+    if ctrl.requires_grad and torch.is_grad_enabled():
+        warnings.warn(
+            f"fastlmk.{op}: control points carry no gradient (tps.ctrl requires grad, but it is treated "
+            "as a constant on every backend; gradients flow to tps.coef, to the image and to the points). "
+            "Detach tps.ctrl to silence this warning.", UserWarning, stacklevel=3)
+    dt = acc_dtype(image_like.dtype)
+    ctrl, coef = ctrl.detach().to(dt), tps.coef.to(dt)
+    B = image_like.shape[0]
+    if coef.shape[0] != B:
+        if coef.shape[0] != 1:
+            raise ValueError(f"fastlmk.{op}: tps batch ({coef.shape[0]}) must be 1 or match the input batch ({B})")
+        coef = coef.expand(B, -1, -1)
+        if ctrl.shape[0] != 1:
+            ctrl = ctrl.expand(B, -1, -1)
+    return ctrl, coef
 
 
 def lattice(grid_size: int = 10, device=None, dtype=torch.float32) -> torch.Tensor:

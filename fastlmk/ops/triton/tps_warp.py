@@ -20,8 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastlmk.triton._common import acc_dtype, check_index_range, grid_coord, is_f64, launch, pow2
-from fastlmk.triton.tps_transform_points import radial
+from fastlmk.ops._interface import acc_dtype
+from fastlmk.ops.triton._common import check_index_range, grid_coord, is_f64, launch, pow2
+from fastlmk.ops.triton.tps_transform_points import radial
 
 
 @triton.jit
@@ -113,13 +114,12 @@ def _bilinear_taps(ix, iy, Hi, Wi, tile):
 
 
 @triton.jit
-def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
-                IS_F64: tl.constexpr, SHARED: tl.constexpr, BORDER: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program (pixel block, image group): s = f_b(p); ix, iy = unnormalised s;
-    out[b, c, p] = sum over the 4 taps t in bounds of w_t image[b, c, t] with w the bilinear weights
-    ((1 - fx)(1 - fy), fx (1 - fy), (1 - fx) fy, fx fy), fx = ix - floor(ix), fy = iy - floor(iy)."""
-    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+def _program_samples(ctrl_ptr, coef_ptr, B, Ho, Wo, N, SHARED: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's output pixels p (axis 0 blocks of BLOCK_P) and images b (axis 1 groups of
+    BLOCK_B), with P = Ho * Wo, their masks, the pixels' normalised coordinates (px, py) and the
+    sample positions s = f_b(p) (BLOCK_B, BLOCK_P): the common start of the forward and backward
+    kernels."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     b = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     P = Ho * Wo
@@ -129,6 +129,19 @@ def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
     px = grid_coord(p - row * Wo, Wo, ACC)
     py = grid_coord(row, Ho, ACC)
     sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
+    return p, b, P, pmask, bmask, px, py, sx, sy
+
+
+@triton.jit
+def _fwd_kernel(img_ptr, ctrl_ptr, coef_ptr, out_ptr, B, C, Hi, Wi, Ho, Wo, N,
+                IS_F64: tl.constexpr, SHARED: tl.constexpr, BORDER: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program (pixel block, image group): s = f_b(p); ix, iy = unnormalised s;
+    out[b, c, p] = sum over the 4 taps t in bounds of w_t image[b, c, t] with w the bilinear weights
+    ((1 - fx)(1 - fy), fx (1 - fy), (1 - fx) fy, fx fy), fx = ix - floor(ix), fy = iy - floor(iy)."""
+    ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
+    p, b, P, pmask, bmask, px, py, sx, sy = _program_samples(ctrl_ptr, coef_ptr, B, Ho, Wo, N, SHARED, ACC,
+                                                             BLOCK_B, BLOCK_P, BLOCK_N)
     nan_pt = (sx != sx) | (sy != sy)
     ix, _ = _unnormalise(sx, Wi, BORDER)
     iy, _ = _unnormalise(sy, Hi, BORDER)
@@ -166,15 +179,8 @@ def _bwd_kernel(g_ptr, img_ptr, ctrl_ptr, coef_ptr, gi_ptr, gc_ptr, B, C, Hi, Wi
     dL/da_y = sum_p y_p dL/ds(p)                      (summed over the block, one atomic add each).
     """
     ACC: tl.constexpr = tl.float64 if IS_F64 else tl.float32
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    b = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    P = Ho * Wo
-    pmask = p < P
-    bmask = b < B
-    row = p // Wo
-    px = grid_coord(p - row * Wo, Wo, ACC)
-    py = grid_coord(row, Ho, ACC)
-    sx, sy = _sample_positions(px, py, b, bmask, ctrl_ptr, coef_ptr, N, SHARED, ACC, BLOCK_N)
+    p, b, P, pmask, bmask, px, py, sx, sy = _program_samples(ctrl_ptr, coef_ptr, B, Ho, Wo, N, SHARED, ACC,
+                                                             BLOCK_B, BLOCK_P, BLOCK_N)
     ix, dix_dsx = _unnormalise(sx, Wi, BORDER)
     iy, diy_dsy = _unnormalise(sy, Hi, BORDER)
     tile = bmask[:, None] & pmask[None, :]

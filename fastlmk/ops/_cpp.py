@@ -1,43 +1,17 @@
-"""Tensor-level wrappers around the framework-free C++/CUDA kernels.
+"""The "cpu" and "cuda" kernel sets: tensor-level wrappers around the framework-free C++/CUDA kernels.
 
-Every backend (this one for "cpu" and "cuda", :mod:`fastlmk.triton` for "triton") exposes the
-same functions over *validated, contiguous* tensors; the op modules call them and own autograd.
-
-    soft_argmax_forward(logits[M,H,W], inv_t, marginal)            -> points[M,2], stats[M,2|4]
-    soft_argmax_backward(grad[M,2], logits, stats, points, inv_t, marginal) -> grad_logits[M,H,W]
-    gaussian_heatmaps_forward(points[M,2], H, W, inv_two_var)      -> maps[M,H,W]
-    gaussian_heatmaps_backward(grad[M,H,W], points, inv_two_var)   -> grad_points[M,2]
-    tps_warp_forward(image[B,C,Hi,Wi], ctrl[Bc,N,2], coef[B,N+3,2], Ho, Wo, border) -> out
-    tps_warp_backward(grad_out, image, ctrl, coef, border, need_image, need_coef)
-                                                                  -> grad_image|None, grad_coef|None
-    tps_transform_points_forward(points[B,M,2], ctrl, coef)        -> out[B,M,2]
-    tps_transform_points_backward(grad, points, ctrl, coef, need_points, need_coef)
-                                                                  -> grad_points|None, grad_coef|None
-
-stats, ctrl and coef use the accumulation dtype (float64 for float64 data, float32 otherwise).
-soft-argmax stats (M, STATS_WIDTH[marginal]) are private to a backend (its backward reads them):
-spatial keeps the max logit and the log of the shifted sum apart (exact p for huge logits),
-marginal the same pair for the column-mean and for the row-mean softmax.
+:class:`CppKernels` implements the interface of :mod:`fastlmk.ops._interface` by passing raw
+pointers and sizes to ``fastlmk._C_cpu`` / ``fastlmk._C_cuda`` (which never see a torch tensor)
+and allocating the outputs here.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from fastlmk import _backends
+from fastlmk.ops._interface import acc_dtype, soft_argmax_stats_width
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def soft_argmax_stats_width(marginal: bool) -> int:
-    """Columns of the soft-argmax stats: (max, log-sum) per softmax, two softmaxes if marginal."""
-    return 4 if marginal else 2
 
 
 def _ptr(t):
@@ -137,13 +111,3 @@ class CppKernels:
                                              _ptr(coef), _ptr(grad_points), _ptr(grad_coef), B, M, N,
                                              ctrl.shape[0] == 1, self._ctx(points))
         return grad_points, grad_coef
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_kernels() -> CppKernels:
-    return CppKernels(_backends.cpu_module(), "cpu")
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_kernels() -> CppKernels:
-    return CppKernels(_backends.cuda_module(), "cuda")
