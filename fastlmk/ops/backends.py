@@ -21,8 +21,8 @@ from fastlmk.ops._cpp import CppKernels
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
-# Which GPU backend "auto" tries first, per op, on CUDA tensors. Keep this table in sync with
-# benchmarks/RESULTS.md: it must say what measurements showed to be faster. No GPU has been
+# Which GPU backend "auto" tries first, per op, on CUDA tensors. It must say what measurements
+# showed to be faster (scripts/gpu_check.py times both on a GPU; README "Performance"). No GPU has been
 # available to this project yet, so the order below is the design default (CUDA C++ first: it
 # has no JIT warm-up and the lowest launch overhead), not a measured choice.
 AUTO_CUDA = {
