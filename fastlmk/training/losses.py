@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastlmk.ops.reference import grid_coords  # pixel-centre coordinates, the soft-argmax's own
+
 if TYPE_CHECKING:
     from fastlmk.training.config import TrainConfig
 
@@ -274,8 +276,7 @@ def concentration_loss(heatmaps: torch.Tensor, temperature: float) -> torch.Tens
     logits."""
     B, K, h, w = heatmaps.shape
     p = torch.softmax(heatmaps.float().reshape(B, K, h * w) / temperature, -1).reshape(B, K, h, w)
-    ys = torch.linspace(-1, 1, h, device=heatmaps.device)
-    xs = torch.linspace(-1, 1, w, device=heatmaps.device)
+    ys, xs = grid_coords(h, device=heatmaps.device), grid_coords(w, device=heatmaps.device)
     px, py = p.sum(2), p.sum(3)  # marginals (B, K, w), (B, K, h)
     var_x = (px * xs.square()).sum(-1) - (px * xs).sum(-1).square()
     var_y = (py * ys.square()).sum(-1) - (py * ys).sum(-1).square()
