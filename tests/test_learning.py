@@ -13,7 +13,7 @@ from fastlmk.training.config import TrainConfig, validate
 from fastlmk.data import SynthFaces, TPSPairs, ViewPairs
 from fastlmk.evaluate import mean_shape_baseline
 from fastlmk.evaluation.supervised import SupervisedSettings, supervised_model
-from fastlmk.training.losses import concentration_loss, equivariance_loss, separation_loss
+from fastlmk.training.losses import ReconstructionLoss, concentration_loss, equivariance_loss, separation_loss
 from fastlmk.training.model import Detector
 
 torch.set_num_threads(1)
@@ -82,13 +82,54 @@ def test_view_pairs_are_two_views_of_one_subject_on_one_background():
         ViewPairs(SynthFaces("train", size=32, length=4, views_per_subject=1))
 
 
-def test_views_pairs_train_and_reject_equivariance(tmp_path):
-    r = train(tiny(tmp_path, "views", method="intra", pairs="views", train_length=16), progress=False)
-    assert r["step"] == 4
-    with pytest.raises(ValueError, match="pairs='warps'"):
-        validate(TrainConfig(pairs="views", equivariance_weight=1.0))
+def test_motion_frames_keep_placement_light_and_background_and_change_yaw_and_expression():
+    faces = SynthFaces("train", size=32, length=8, views_per_subject=4, static_background=True, static_pose=True)
+    free = SynthFaces("train", size=32, length=8, views_per_subject=4, static_background=True)
+    p, q = faces.params(range(8)), free.params(range(8))
+    for k in ("rot", "scale", "tx", "ty", "light_x", "light_y", "light_0", "bg_a", "head_a"):
+        for s in (0, 4):  # every view of a subject has view 0's value
+            torch.testing.assert_close(p[k][s:s + 4], p[k][s:s + 1].expand_as(p[k][s:s + 4]))
+    for k in ("yaw", "smile", "eye_open"):  # a view's own yaw and expression
+        torch.testing.assert_close(p[k], q[k])
+        assert not torch.equal(p[k][0], p[k][1])
+    for k in q:  # view 0 is the same image either way, and other views differ only in the held keys
+        torch.testing.assert_close(p[k][[0, 4]], q[k][[0, 4]])
+    img = faces.render([0, 1])["image"]
+    assert not torch.equal(img[0], img[1])
+    torch.testing.assert_close(img[0], free.render([0])["image"][0])
+
+
+@pytest.mark.parametrize("pairs", ["views", "motion"])
+@pytest.mark.parametrize("method", ["intra", "inter-intra"])
+def test_two_view_pairs_train_with_equivariance_against_a_third_warp(tmp_path, pairs, method):
+    """With two views x and x' are not related by known splines: the equivariance term pairs
+    x' with a third warp of its own source image (Pairs.x_eq, tps_eq)."""
+    r = train(tiny(tmp_path, pairs, method=method, pairs=pairs, train_length=16, equivariance_weight=1.0,
+                   separation_weight=1.0), progress=False)
+    assert r["step"] == 4 and all(h["equivariance"] > 0 for h in r["history"])
     with pytest.raises(ValueError, match="synth"):
-        validate(TrainConfig(pairs="views", dataset="folder"))
+        validate(TrainConfig(pairs=pairs, dataset="folder"))
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        validate(TrainConfig(pairs="frames"))
+
+
+def test_equivariance_partner_is_a_third_warp_of_the_second_view():
+    from fastlmk.training.losses import TrainingLoss
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2, 3, 24, 24, generator=g), torch.rand(2, 3, 24, 24, generator=g)
+    maker = TPSPairs(warp_std=0.05)
+    plain = maker(a, torch.Generator().manual_seed(1), second=b)
+    pairs = maker(a, torch.Generator().manual_seed(1), second=b, equivariance_partner=True)
+    assert plain.x_eq is None and plain.tps_eq is None
+    torch.testing.assert_close(pairs.x_prime, plain.x_prime)  # the first two draws are unchanged
+    torch.testing.assert_close(pairs.x_eq, maker.warp(b, pairs.tps_eq)[0])
+    # the loss takes mu_eq (points on x_eq) as the partner of mu' when it is there
+    mu_p, mu_eq, mu = (torch.rand(2, 4, 2, generator=g) * 2 - 1 for _ in range(3))
+    rec = [(torch.zeros(2, 3, 24, 24), torch.zeros(2, 3, 24, 24), "x_prime")]
+    loss = TrainingLoss(ReconstructionLoss("none"), equivariance_weight=1.0)
+    got = loss({"mu": mu, "mu_prime": mu_p, "mu_eq": mu_eq, "targets": rec}, pairs)["equivariance"]
+    torch.testing.assert_close(got, equivariance_loss(mu_eq, mu_p, pairs.tps_eq, pairs.tps_prime))
 
 
 def test_head_mask_marks_the_face():
@@ -237,11 +278,41 @@ def test_cpu_preset_switches_on_the_measured_additions_and_cpu_paper_is_the_pape
     validate(paper)
 
 
-def test_views_pairs_with_the_cpu_preset_is_a_clear_error():
+def test_views_pairs_work_with_both_cpu_presets():
     from fastlmk.training.config import parse_args
 
-    cfg, _ = parse_args(["--preset", "cpu", "--pairs", "views", "--no-eval"])
-    with pytest.raises(ValueError, match="--equivariance-weight 0.*cpu-paper"):
+    for preset in ("cpu", "cpu-paper"):
+        cfg, _ = parse_args(["--preset", preset, "--pairs", "views", "--no-eval"])
         validate(cfg)
-    cfg, _ = parse_args(["--preset", "cpu-paper", "--pairs", "views", "--no-eval"])
-    validate(cfg)
+
+
+def test_shared_warp_warps_both_views_with_one_spline_and_needs_two_views():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(2, 3, 24, 24, generator=g), torch.rand(2, 3, 24, 24, generator=g)
+    maker = TPSPairs(warp_std=0.05)
+    pairs = maker(a, torch.Generator().manual_seed(1), second=b, equivariance_partner=True, shared_warp=True)
+    assert pairs.tps_prime is pairs.tps
+    torch.testing.assert_close(pairs.x_prime, maker.warp(b, pairs.tps)[0])
+    torch.testing.assert_close(pairs.mask_prime, pairs.mask)
+    assert not torch.equal(pairs.tps_eq.coef, pairs.tps.coef)
+    with pytest.raises(ValueError, match="shared_warp"):
+        validate(TrainConfig(shared_warp=True))
+    validate(TrainConfig(shared_warp=True, pairs="motion"))
+
+
+def test_generator_skip_widens_only_the_decoder_and_off_is_the_plain_generator():
+    from fastlmk.training.model import Generator
+
+    torch.manual_seed(0)
+    plain = Generator(num_landmarks=3, width=8, num_res=1)
+    torch.manual_seed(0)
+    skip = Generator(num_landmarks=3, width=8, num_res=1, skip=True)
+    assert set(plain.state_dict()) == set(skip.state_dict())  # same layers, checkpoints keep their keys
+    differ = {k for k, v in plain.state_dict().items() if v.shape != skip.state_dict()[k].shape}
+    assert differ and all(k.startswith("decode.") for k in differ)
+    img, maps = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 4, 4)
+    assert skip(img, maps).shape == (2, 3, 16, 16)
+    # without skips the forward is the plain chain encode -> fuse -> res -> decode
+    plain.eval()
+    f = plain.res(plain.fuse(torch.cat([plain.encode(img), maps], 1)))
+    torch.testing.assert_close(plain(img, maps), (torch.tanh(plain.decode(f)) + 1) / 2)

@@ -33,6 +33,10 @@ class Pairs(NamedTuple):
     tps_prime: TPS  # spline of the second view
     mask: torch.Tensor  # (B, 1, S, S) in [0, 1]
     mask_prime: torch.Tensor  # (B, 1, S, S) in [0, 1]
+    # [ours] with two views: a third warp of x''s source image, the partner of x' in the
+    # equivariance term (x and x' are not related by known splines then); None otherwise
+    x_eq: torch.Tensor | None = None
+    tps_eq: TPS | None = None
 
 
 def border_mask(height: int, width: int, margin: float = 0.1, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -91,9 +95,14 @@ class TPSPairs:
         return out[:, :C], out[:, C:].clamp(0, 1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                 second: torch.Tensor | None = None) -> Pairs:
+                 second: torch.Tensor | None = None, equivariance_partner: bool = False,
+                 shared_warp: bool = False) -> Pairs:
         """``second``: other images to make ``x'`` from (e.g. another view of the same subject,
-        :class:`fastlmk.data.synth.ViewPairs`); default ``images`` (IMM's pairs)."""
+        :class:`fastlmk.data.synth.ViewPairs`); default ``images`` (IMM's pairs).
+        ``equivariance_partner``: with ``second``, also warp ``second`` with a third spline
+        (``Pairs.x_eq``, ``Pairs.tps_eq``, drawn after the other two). ``shared_warp``: with
+        ``second``, warp it with the first spline too (``x`` and ``x'`` then differ only where
+        the two views differ)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"TPSPairs: images must be a (B, C, H, W) tensor, got "
                              f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -104,5 +113,11 @@ class TPSPairs:
         if second is not None and second.shape != images.shape:
             raise ValueError(f"TPSPairs: second images must have the shape of images {tuple(images.shape)}, "
                              f"got {tuple(second.shape)}")
+        if second is not None and shared_warp:
+            t2 = t1
         x2, m2 = self.warp(images if second is None else second, t2)
-        return Pairs(x, x2, t1, t2, m1, m2)
+        if second is None or not equivariance_partner:
+            return Pairs(x, x2, t1, t2, m1, m2)
+        t3 = fastlmk.random_tps(images.shape[0], **dict(self.tps_kwargs, generator=generator, device=images.device,
+                                                         dtype=images.dtype))
+        return Pairs(x, x2, t1, t2, m1, m2, self.warp(second, t3)[0], t3)

@@ -124,7 +124,8 @@ def _pick(pal: torch.Tensor, u: torch.Tensor, jitter: torch.Tensor) -> torch.Ten
     return (pal[idx] + (jitter - 0.5) * 0.08).clamp(0, 1)
 
 
-def sample_params(seed: int, split: str, subjects, views, pose: str = "wild", static_background: bool = False) -> dict:
+def sample_params(seed: int, split: str, subjects, views, pose: str = "wild", static_background: bool = False,
+                  static_pose: bool = False) -> dict:
     """Identity and view parameters of a batch, as a dict of float32 tensors with batch dim B.
 
     Args:
@@ -136,6 +137,9 @@ def sample_params(seed: int, split: str, subjects, views, pose: str = "wild", st
             yaw up to 20 deg). The same uniforms are used, so a subject keeps its identity.
         static_background: every view of a subject has the background of its view 0 (like the
             frames of a video); otherwise each view draws its own.
+        static_pose: every view of a subject has the head placement (in-plane rotation, scale,
+            translation) and the lighting of its view 0; yaw and expression stay the view's own
+            (like the frames of a talking-head video).
     """
     subjects, views = list(subjects), list(views)
     B = len(subjects)
@@ -241,7 +245,11 @@ def sample_params(seed: int, split: str, subjects, views, pose: str = "wild", st
     k += 10 * n
     p["bg_noise"] = u_v[:, k: k + 3 * _NOISE * _NOISE].reshape(-1, 3, _NOISE, _NOISE)
     assert k + 3 * _NOISE * _NOISE <= _N_VIEW
-    return {key: val.float() for key, val in p.items()}
+    out = {key: val.float() for key, val in p.items()}
+    if static_pose and B:  # placement and lighting of each subject's view 0
+        first = sample_params(seed, split, subjects, [0] * B, pose, static_background)
+        out.update({key: first[key] for key in ("rot", "scale", "tx", "ty", "light_x", "light_y", "light_0")})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,6 +553,9 @@ class SynthFaces(Dataset):
         pose: ``"wild"`` (AFLW-like: rotation up to 30 deg, scale, shift, yaw up to 30 deg) or
             ``"aligned"`` (MAFL-like: near-fixed eyes, the face fills more of the image).
         static_background: all views of a subject share one background (video-like frames).
+        static_pose: all views of a subject share the head placement (rotation, scale,
+            translation) and lighting of view 0; yaw and expression still change (talking-head
+            frames).
 
     Items are dicts ``{"image": (3, S, S) float32 in [0, 1], "landmarks": (5, 2) (x, y) in
     [-1, 1], "landmarks_extra": (3, 2) (left brow, right brow, chin), "subject": int64,
@@ -559,7 +570,8 @@ class SynthFaces(Dataset):
     """
 
     def __init__(self, split: str = "train", size: int = 128, length: int | None = None, seed: int = 0,
-                 views_per_subject: int = 4, clutter: bool = True, pose: str = "wild", static_background: bool = False):
+                 views_per_subject: int = 4, clutter: bool = True, pose: str = "wild", static_background: bool = False,
+                 static_pose: bool = False):
         if split not in _SPLITS:
             raise ValueError(f"SynthFaces: split must be one of {_SPLITS}, got {split!r}")
         if int(size) < 16:
@@ -574,7 +586,7 @@ class SynthFaces(Dataset):
         if pose not in POSES:
             raise ValueError(f"SynthFaces: pose must be one of {POSES}, got {pose!r}")
         self.views_per_subject, self.clutter, self.pose = int(views_per_subject), bool(clutter), pose
-        self.static_background = bool(static_background)
+        self.static_background, self.static_pose = bool(static_background), bool(static_pose)
 
     def __len__(self) -> int:
         return self.length
@@ -599,7 +611,8 @@ class SynthFaces(Dataset):
     def params(self, indices) -> dict:
         idx = self._check(indices)
         return sample_params(self.seed, self.split, [self.subject_of(i) for i in idx],
-                             [i % self.views_per_subject for i in idx], self.pose, self.static_background)
+                             [i % self.views_per_subject for i in idx], self.pose, self.static_background,
+                             self.static_pose)
 
     def render(self, indices, return_params: bool = False) -> dict:
         """Render a batch: dict of batched tensors (image (B,3,S,S), landmarks (B,5,2), ...)."""

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, fields
 
 PRESETS = ("auto", "cpu", "cpu-paper", "gpu", "paper")
+PAIRS = ("warps", "views", "motion")  # intra-subject pair sources (TrainConfig.pairs)
 
 
 @dataclass
@@ -23,7 +24,8 @@ class TrainConfig:
     data_root: str = ""  # dataset directory (not needed for synth)
     image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
     train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
-    pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) [ours]
+    pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) | motion (synth: two frames of one subject, same head placement, other yaw and expression, each warped) [ours]
+    shared_warp: bool = False  # [ours] views | motion: warp both views with the same spline (they then differ only by the change between the views)
     synth_pose: str = "wild"  # synth only: wild (AFLW-like poses) | aligned (MAFL-like: near-fixed eyes, larger faces)
     # --- model (method.md section 3) ---
     method: str = "inter-intra"  # inter-intra (the seed paper) | intra (IMM/SAIC baseline)
@@ -35,6 +37,7 @@ class TrainConfig:
     gaussian_std: float = 0.5  # std of the Gaussian maps, pixels of the S/4 map
     generator_width: int = 16  # generator base width (paper 32)
     generator_res: int = 3  # generator residual blocks (paper 6)
+    generator_skip: bool = False  # [ours] U-Net skips in the generator (the appearance image's S and S/2 features); for pairs that share geometry (motion + shared_warp)
     # --- loss ---
     perceptual: str = "auto"  # auto (vgg with --vgg-weights, else the measured fallback) | vgg | none | random-conv | ssim | laplacian
     vgg_weights: str = ""  # path of a local torchvision vgg16 state dict
@@ -207,11 +210,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from fastlmk.data.synth import POSES
 
     need(cfg.synth_pose in POSES, f"synth_pose must be one of {POSES}, got {cfg.synth_pose!r}")
-    need(cfg.pairs in ("warps", "views"), f"pairs must be warps or views, got {cfg.pairs!r}")
-    need(cfg.pairs == "warps" or cfg.dataset == "synth", f"pairs='views' needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
-    need(cfg.pairs == "warps" or cfg.equivariance_weight == 0,
-         "equivariance_weight needs pairs='warps' (two views of a subject are not related by the known splines); "
-         "with --pairs views give --equivariance-weight 0 (the cpu preset switches it on) or --preset cpu-paper")
+    need(cfg.pairs in PAIRS, f"pairs must be one of {PAIRS}, got {cfg.pairs!r}")
+    need(cfg.pairs != "warps" or not cfg.shared_warp,
+         "shared_warp needs pairs='views' or 'motion' (two warps of one image with one spline would be the same image)")
+    need(cfg.pairs == "warps" or cfg.dataset == "synth",
+         f"pairs={cfg.pairs!r} needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
     need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")
     need(cfg.equivariance_weight >= 0, f"equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
     need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")

@@ -92,12 +92,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
             # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
             second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
-            pairs = make_pairs(images, generator=streams.pairs, second=second)
+            pairs = make_pairs(images, generator=streams.pairs, second=second,
+                               equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
             # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
             aux = core.begin_step(step, images.shape[0], streams.aux)
             # 3-4. detector and generator passes (fastlmk.training.model.LandmarkAutoencoder)
             with autocast:
-                out = forward(pairs.x, pairs.x_prime, aux)
+                out = forward(pairs.x, pairs.x_prime, aux, pairs.x_eq)
             # 5. loss: masked MSE + perceptual on each reconstruction (+ [ours] terms), in float32
             losses = objective(out, pairs)
             optimizer.zero_grad(set_to_none=True)
@@ -212,11 +213,12 @@ def training_data(cfg: TrainConfig, world: int):
 
     kw = cfg.dataset_kwargs()
     if cfg.dataset == "synth":
-        kw["static_background"] = cfg.pairs == "views"
+        kw["static_background"] = cfg.pairs in ("views", "motion")
+        kw["static_pose"] = cfg.pairs == "motion"
         if cfg.train_length:
             kw["length"] = cfg.train_length
     dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", **kw)
-    if cfg.pairs == "views":  # [ours]
+    if cfg.pairs in ("views", "motion"):  # [ours]
         dataset = ViewPairs(dataset)
     if len(dataset) < cfg.batch_size * world:
         raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "

@@ -310,10 +310,13 @@ class TrainingLoss(nn.Module):
         device = losses["loss"].device
         losses["equivariance"] = losses["separation"] = losses["concentration"] = torch.zeros((), device=device)
         if self.equivariance_weight > 0:  # a direct signal for the detector [ours]
-            losses["equivariance"] = equivariance_loss(out["mu"], out["mu_prime"], pairs.tps, pairs.tps_prime)
+            if "mu_eq" in out:  # x and x' are two views: x' against another warp of its own source
+                losses["equivariance"] = equivariance_loss(out["mu_eq"], out["mu_prime"], pairs.tps_eq, pairs.tps_prime)
+            else:
+                losses["equivariance"] = equivariance_loss(out["mu"], out["mu_prime"], pairs.tps, pairs.tps_prime)
             losses["loss"] = losses["loss"] + self.equivariance_weight * losses["equivariance"]
         if self.separation_weight > 0:  # keeps the points of an image apart [ours]
-            losses["separation"] = sum(separation_loss(out[k], self.separation_std) for k in ("mu", "mu_prime")
+            losses["separation"] = sum(separation_loss(out[k], self.separation_std) for k in ("mu", "mu_prime", "mu_eq")
                                        if k in out)
             losses["loss"] = losses["loss"] + self.separation_weight * losses["separation"]
         if self.concentration_weight > 0:  # makes each heatmap peak on one spot [ours]

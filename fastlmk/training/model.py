@@ -187,9 +187,14 @@ class Generator(nn.Module):
     conv7x7 + BN + ReLU (width) -> two 4x4 stride-2 convs (2w, 4w) to S/4 -> concatenate the K
     Gaussian maps -> BN -> ``num_res`` residual blocks of width 4w+K -> two 4x4 stride-2
     transposed convs (2w, w) -> conv7x7 to 3 channels -> tanh, mapped to [0, 1].
+
+    ``skip`` [ours]: U-Net skips, the encoder's S and S/2 features concatenated to the decoder's
+    (detail of the appearance image reaches the output without the S/4 bottleneck; the geometry
+    then leaks through them, so use it only with pairs whose two images share it, e.g.
+    ``pairs='motion'`` with ``shared_warp``).
     """
 
-    def __init__(self, num_landmarks: int = 10, width: int = 32, num_res: int = 6):
+    def __init__(self, num_landmarks: int = 10, width: int = 32, num_res: int = 6, skip: bool = False):
         super().__init__()
         if not isinstance(num_landmarks, int) or num_landmarks < 1:
             raise ValueError(f"Generator: num_landmarks must be an integer >= 1, got {num_landmarks!r}")
@@ -206,18 +211,25 @@ class Generator(nn.Module):
             *down(w, 2 * w), *down(2 * w, 4 * w))  # (B, 4w, S/4, S/4)
         self.fuse = nn.BatchNorm2d(c)  # after concatenating the maps
         self.res = nn.Sequential(*[ResBlock(c) for _ in range(num_res)])
-        self.decode = nn.Sequential(*up(c, 2 * w), *up(2 * w, w), nn.Conv2d(w, 3, 7, padding=3))
+        k = 2 if skip else 1  # decoder inputs widen by the skipped features
+        self.skip = bool(skip)
+        self.decode = nn.Sequential(*up(c, 2 * w), *up(k * 2 * w, w), nn.Conv2d(k * w, 3, 7, padding=3))
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Generator:
-        return cls(cfg.num_landmarks, cfg.generator_width, cfg.generator_res)
+        return cls(cfg.num_landmarks, cfg.generator_width, cfg.generator_res, cfg.generator_skip)
 
     def forward(self, image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        f = self.encode(image)  # (B, 4w, h, w)
+        e0 = self.encode[:3](image)  # (B, w, S, S)
+        e1 = self.encode[3:6](e0)  # (B, 2w, S/2, S/2)
+        f = self.encode[6:](e1)  # (B, 4w, h, w)
         if maps.shape[-2:] != f.shape[-2:]:
             raise ValueError(f"Generator: maps must be at S/4 = {tuple(f.shape[-2:])}, got {tuple(maps.shape[-2:])}")
         f = self.res(self.fuse(torch.cat([f, maps.to(f.dtype)], 1)))  # (B, 4w + K, h, w)
-        return (torch.tanh(self.decode(f)) + 1) / 2  # (B, 3, S, S) in [0, 1]
+        d = self.decode[:3](f)  # (B, 2w, S/2, S/2)
+        d = self.decode[3:6](torch.cat([d, e1], 1) if self.skip else d)  # (B, w, S, S)
+        out = self.decode[6](torch.cat([d, e0], 1) if self.skip else d)
+        return (torch.tanh(out) + 1) / 2  # (B, 3, S, S) in [0, 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,13 +303,18 @@ class LandmarkAutoencoder(nn.Module):
                 ("x^' = P(x~, G(mu'))", out["x_hat_prime"], out["mu_prime"]),
                 ("x^ = P(x~', G(mu))", out["x_hat"], out["mu"])]
 
-    def forward(self, x: torch.Tensor, x_prime: torch.Tensor, aux: torch.Tensor | None = None) -> dict:
+    def forward(self, x: torch.Tensor, x_prime: torch.Tensor, aux: torch.Tensor | None = None,
+                x_eq: torch.Tensor | None = None) -> dict:
+        """``x_eq`` [ours]: another warp of x''s source image when x and x' are two views
+        (``Pairs.x_eq``); its points ``mu_eq`` replace ``mu`` in the equivariance term."""
         D, P = self.detector, self.generator
         if self.method == "intra":
             d_p = D(x_prime)  # mu' = D(x')
             x_hat_p = P(x, d_p.maps)  # x^' = P(x, G(mu'))
             out = {"mu_prime": d_p.points, "heatmaps_prime": d_p.heatmaps, "x_hat_prime": x_hat_p, "targets": [(x_hat_p, x_prime, "x_prime")]}
-            if self.points_of_x:
+            if x_eq is not None:
+                out["mu_eq"] = D(x_eq).points
+            elif self.points_of_x:
                 out["mu"] = D(x).points
             return out
         if aux is None:
@@ -316,6 +333,9 @@ class LandmarkAutoencoder(nn.Module):
         x_tilde_p = P(x_prime, G_mu_a)  # x~' = P(x', G(mu_a)): x' re-posed to the auxiliary geometry
         x_hat_p = P(x_tilde, G_mu_p)  # x^' = P(x~,  G(mu')): forward path, back to x'
         x_hat = P(x_tilde_p, G_mu)  # x^  = P(x~', G(mu)):  backward path, back to x
-        return {"mu": mu, "mu_prime": mu_p, "heatmaps": d.heatmaps, "heatmaps_prime": d_p.heatmaps, "mu_aux": mu_a, "x_aux": x_a,
-                "x_tilde": x_tilde, "x_tilde_prime": x_tilde_p, "x_hat": x_hat, "x_hat_prime": x_hat_p,
-                "targets": [(x_hat, x, "x"), (x_hat_p, x_prime, "x_prime")]}
+        out = {"mu": mu, "mu_prime": mu_p, "heatmaps": d.heatmaps, "heatmaps_prime": d_p.heatmaps, "mu_aux": mu_a, "x_aux": x_a,
+               "x_tilde": x_tilde, "x_tilde_prime": x_tilde_p, "x_hat": x_hat, "x_hat_prime": x_hat_p,
+               "targets": [(x_hat, x, "x"), (x_hat_p, x_prime, "x_prime")]}
+        if x_eq is not None:
+            out["mu_eq"] = D(x_eq).points
+        return out
