@@ -82,10 +82,13 @@ class TPSPairs:
             self._mask_cache[key] = border_mask(h, w, self.mask_margin, device, dtype)
         return self._mask_cache[key]
 
+    def spline(self, batch: int, device=None, dtype=torch.float32, generator=None) -> TPS:
+        """One batch of random splines of this recipe."""
+        return fastlmk.random_tps(batch, **self.tps_kwargs, generator=generator, device=device, dtype=dtype)
+
     def sample(self, batch: int, device=None, dtype=torch.float32, generator=None) -> tuple[TPS, TPS]:
         """The two spline batches only."""
-        kw = dict(self.tps_kwargs, generator=generator, device=device, dtype=dtype)
-        return fastlmk.random_tps(batch, **kw), fastlmk.random_tps(batch, **kw)
+        return self.spline(batch, device, dtype, generator), self.spline(batch, device, dtype, generator)
 
     def warp(self, images: torch.Tensor, tps: TPS) -> tuple[torch.Tensor, torch.Tensor]:
         """Warp images and the border mask with ``tps`` in one kernel call -> (view, mask)."""
@@ -118,6 +121,5 @@ class TPSPairs:
         x2, m2 = self.warp(images if second is None else second, t2)
         if second is None or not equivariance_partner:
             return Pairs(x, x2, t1, t2, m1, m2)
-        t3 = fastlmk.random_tps(images.shape[0], **dict(self.tps_kwargs, generator=generator, device=images.device,
-                                                         dtype=images.dtype))
+        t3 = self.spline(images.shape[0], images.device, images.dtype, generator)
         return Pairs(x, x2, t1, t2, m1, m2, self.warp(second, t3)[0], t3)
