@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 PRESETS = ("auto", "cpu", "cpu-paper", "gpu", "paper")
 PAIRS = ("warps", "views", "motion")  # intra-subject pair sources (TrainConfig.pairs)
+TWO_VIEW_PAIRS = ("views", "motion")  # the sources whose x and x' are two views of one subject [ours]
 
 
 @dataclass
@@ -211,7 +212,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     need(cfg.synth_pose in POSES, f"synth_pose must be one of {POSES}, got {cfg.synth_pose!r}")
     need(cfg.pairs in PAIRS, f"pairs must be one of {PAIRS}, got {cfg.pairs!r}")
-    need(cfg.pairs != "warps" or not cfg.shared_warp,
+    need(cfg.pairs in TWO_VIEW_PAIRS or not cfg.shared_warp,
          "shared_warp needs pairs='views' or 'motion' (two warps of one image with one spline would be the same image)")
     need(cfg.pairs == "warps" or cfg.dataset == "synth",
          f"pairs={cfg.pairs!r} needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from fastlmk.training import checkpoint as ckpt_io
-from fastlmk.training.config import TrainConfig, validate
+from fastlmk.training.config import TWO_VIEW_PAIRS, TrainConfig, validate
 from fastlmk.training.logbook import (LossWindow, RunLog, WarmupTimer, _optional, fmt_time, forecast, loss_values,
                                       seconds_per_image)
 from fastlmk.training.losses import FALLBACK, TrainingLoss
@@ -213,12 +213,12 @@ def training_data(cfg: TrainConfig, world: int):
 
     kw = cfg.dataset_kwargs()
     if cfg.dataset == "synth":
-        kw["static_background"] = cfg.pairs in ("views", "motion")
+        kw["static_background"] = cfg.pairs in TWO_VIEW_PAIRS
         kw["static_pose"] = cfg.pairs == "motion"
         if cfg.train_length:
             kw["length"] = cfg.train_length
     dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", **kw)
-    if cfg.pairs in ("views", "motion"):  # [ours]
+    if cfg.pairs in TWO_VIEW_PAIRS:  # [ours]
         dataset = ViewPairs(dataset)
     if len(dataset) < cfg.batch_size * world:
         raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
