@@ -2,6 +2,7 @@
 discovered): SynthFaces pose regimes and the val split, the equivariance term, the intra
 warm-up, and the supervised bound's own settings."""
 
+import dataclasses
 import json
 
 import pytest
@@ -316,3 +317,22 @@ def test_generator_skip_widens_only_the_decoder_and_off_is_the_plain_generator()
     plain.eval()
     f = plain.res(plain.fuse(torch.cat([plain.encode(img), maps], 1)))
     torch.testing.assert_close(plain(img, maps), (torch.tanh(plain.decode(f)) + 1) / 2)
+
+
+def test_forecast_counts_the_steps_after_an_intra_warmup_at_the_inter_intra_cost():
+    from fastlmk.training.logbook import INTER_INTRA_COST, forecast
+
+    plain = TrainConfig(steps=100, eval=False, max_minutes=0.0)
+    assert "expected 1m30s of training" in forecast(plain, 10, 1.0, 0.0, 1, 0.0)  # 90 steps x 1 s
+    warm = TrainConfig(steps=100, intra_warmup=60, eval=False, max_minutes=0.0)
+    t = 50 + 40 * INTER_INTRA_COST  # timed at step 10, an intra step: 50 more intra, then 40 inter-intra
+    line = forecast(warm, 10, 1.0, 0.0, 1, 0.0)
+    assert f"expected {int(t) // 60}m{int(round(t)) % 60:02d}s of training" in line and "steps 60+ inter-intra" in line
+    # resumed after the warm-up: the timed steps are inter-intra steps already
+    assert "expected 0m30s" in forecast(warm, 70, 1.0, 0.0, 1, 0.0)
+    intra = dataclasses.replace(warm, method="intra")  # an intra run has no inter-intra steps
+    assert "expected 1m30s" in forecast(intra, 10, 1.0, 0.0, 1, 0.0)
+    # the cap: 2 minutes from step 10 = 50 intra steps (50 s) + 70 s / INTER_INTRA_COST inter-intra steps
+    capped = dataclasses.replace(warm, max_minutes=2.0)
+    assert f"stop training after about step {10 + 50 + int(70 // INTER_INTRA_COST)} of 100" in forecast(
+        capped, 10, 1.0, 0.0, 1, 0.0)

@@ -18,6 +18,10 @@ from fastlmk.training.losses import LOSS_TERMS
 
 LOG_FIELDS = ["step", *LOSS_TERMS, "lr", "images_per_s", "elapsed_s"]  # the columns of log.csv
 TIMED_STEPS = 5  # the warm-up forecast times steps 2..6 of a process (the first allocates / compiles)
+# an inter-intra step's cost in intra steps (two detector and four generator passes instead of one
+# and one): 2.14 measured with motion pairs (WMA0, docs/training.md: 0.49 vs 1.05 s/step, 2 threads,
+# 2026-12-06); the forecast of a run with an intra warm-up times intra steps and scales the rest
+INTER_INTRA_COST = 2.15
 
 
 def fmt_time(s: float) -> str:
@@ -79,15 +83,23 @@ def seconds_per_image(detector, images: torch.Tensor) -> float:
 
 def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float, world: int, elapsed: float) -> str:
     """The line printed after the warm-up: expected training and evaluation time, and where
-    ``max_minutes`` will stop the run."""
+    ``max_minutes`` will stop the run. ``per_step`` was timed at ``step``; while an inter-intra
+    run is still in its intra warm-up, the steps after it are counted at ``INTER_INTRA_COST``."""
     n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
-    t_left = per_step * (cfg.steps - step)
+    cost = [per_step] * (cfg.steps - step)
+    if cfg.method == "inter-intra" and step < cfg.intra_warmup:
+        cost = [per_step * (1 if s < cfg.intra_warmup else INTER_INTRA_COST) for s in range(step, cfg.steps)]
+    t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
            f"{fmt_time(t_left)} of training + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")
+    if cost != [per_step] * len(cost):
+        msg += f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step)"
     cap = 60 * cfg.max_minutes - elapsed
     if cfg.max_minutes and t_left > cap:
-        msg += (f"; max_minutes={cfg.max_minutes:g} will stop training after about step "
-                f"{step + int(cap / per_step)} of {cfg.steps}")
+        done, t = 0, 0.0
+        while t + cost[done] <= cap:
+            t, done = t + cost[done], done + 1
+        msg += f"; max_minutes={cfg.max_minutes:g} will stop training after about step {step + done} of {cfg.steps}"
     return msg
 
 
