@@ -273,8 +273,13 @@ def test_cpu_preset_switches_on_the_measured_additions_and_cpu_paper_is_the_pape
     assert (paper.warp_std, paper.equivariance_weight, paper.separation_weight, paper.concentration_weight) == (
         TrainConfig().warp_std, 0.0, 0.0, 0.0)
     # the same budget and bottleneck: only the objective differs
+    assert (paper.pairs, paper.shared_warp, paper.intra_warmup, paper.method) == ("warps", False, 0, "inter-intra")
+    assert cpu.synth_pose == paper.synth_pose == "aligned"  # both on the regime the README reports
+    # the same bottleneck and data: only the objective (and the step count of one time budget) differs
     differ = {k for k in TrainConfig.__dataclass_fields__ if getattr(cpu, k) != getattr(paper, k)}
-    assert differ == {"preset", "warp_std", "equivariance_weight", "separation_weight"}
+    assert differ == {"preset", "warp_std", "equivariance_weight", "separation_weight", "pairs", "shared_warp",
+                      "intra_warmup", "steps"}
+    assert cpu.intra_warmup < cpu.steps  # the warm-up ends inside the run: the paper's step follows
     validate(cpu)
     validate(paper)
 
