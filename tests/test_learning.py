@@ -341,3 +341,18 @@ def test_forecast_counts_the_steps_after_an_intra_warmup_at_the_inter_intra_cost
     capped = dataclasses.replace(warm, max_minutes=2.0)
     assert f"stop training after about step {10 + 50 + int(70 // INTER_INTRA_COST)} of 100" in forecast(
         capped, 10, 1.0, 0.0, 1, 0.0)
+
+
+def test_the_start_line_says_the_data_regime_the_pairs_and_where_the_warmup_ends():
+    from types import SimpleNamespace
+
+    from fastlmk.training.config import preset
+    from fastlmk.training.loop import describe
+
+    procs = SimpleNamespace(world=1, device=torch.device("cpu"), threads=2)
+    line = describe(preset("cpu"), "runs/r", procs, 0, False)
+    assert "synth (aligned), intra warm-up to step 1000, then inter-intra, motion pairs (one spline)" in line
+    assert "step 0 -> 1200" in line
+    assert "synth (aligned), inter-intra, conv detector" in describe(preset("cpu-paper"), "runs/r", procs, 0, False)
+    short = dataclasses.replace(preset("cpu"), steps=3)  # e.g. a smoke run: the warm-up never ends
+    assert "no inter-intra step" in describe(short, "runs/r", procs, 0, False)

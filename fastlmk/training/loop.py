@@ -285,7 +285,14 @@ def batch_stream(dataset, cfg: TrainConfig, procs: Processes, start_step: int):
 
 def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_amp: bool) -> str:
     """The lines printed when a run starts."""
-    return (f"run directory: {run_dir}\n{procs.world} process(es) on {procs.device}, {cfg.method}, "
+    method = cfg.method
+    if cfg.method == "inter-intra" and 0 < cfg.intra_warmup < cfg.steps:
+        method = f"intra warm-up to step {cfg.intra_warmup}, then inter-intra"
+    elif cfg.method == "inter-intra" and cfg.intra_warmup >= cfg.steps:
+        method = f"intra (warm-up of {cfg.intra_warmup} steps >= steps: no inter-intra step)"
+    pairs = "" if cfg.pairs == "warps" else f", {cfg.pairs} pairs{' (one spline)' if cfg.shared_warp else ''}"
+    data = f"{cfg.dataset} ({cfg.synth_pose})" if cfg.dataset == "synth" else cfg.dataset
+    return (f"run directory: {run_dir}\n{procs.world} process(es) on {procs.device}, {data}, {method}{pairs}, "
             f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px, batch "
             f"{cfg.batch_size}x{procs.world}, perceptual={cfg.perceptual}, backend={cfg.backend}"
             f"{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}"
