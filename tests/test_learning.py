@@ -341,6 +341,9 @@ def test_forecast_counts_the_steps_after_an_intra_warmup_at_the_inter_intra_cost
     capped = dataclasses.replace(warm, max_minutes=2.0)
     assert f"stop training after about step {10 + 50 + int(70 // INTER_INTRA_COST)} of 100" in forecast(
         capped, 10, 1.0, 0.0, 1, 0.0)
+    assert "inside the intra warm-up" not in forecast(capped, 10, 1.0, 0.0, 1, 0.0)
+    early = dataclasses.replace(capped, max_minutes=0.5)  # 30 s: stops at step 40, in the warm-up
+    assert "after about step 40 of 100, inside the intra warm-up (to step 60)" in forecast(early, 10, 1.0, 0.0, 1, 0.0)
 
 
 def test_the_start_line_says_the_data_regime_the_pairs_and_where_the_warmup_ends():

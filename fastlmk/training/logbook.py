@@ -100,6 +100,9 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
         while t + cost[done] <= cap:
             t, done = t + cost[done], done + 1
         msg += f"; max_minutes={cfg.max_minutes:g} will stop training after about step {step + done} of {cfg.steps}"
+        if cfg.method == "inter-intra" and step + done <= cfg.intra_warmup:
+            msg += (f", inside the intra warm-up (to step {cfg.intra_warmup}), before any inter-intra step: "
+                    "--max-minutes 0 lets the run finish")
     return msg
 
 
