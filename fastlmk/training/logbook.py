@@ -86,13 +86,12 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
     ``max_minutes`` will stop the run. ``per_step`` was timed at ``step``; while an inter-intra
     run is still in its intra warm-up, the steps after it are counted at ``INTER_INTRA_COST``."""
     n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
-    cost = [per_step] * (cfg.steps - step)
-    if cfg.method == "inter-intra" and step < cfg.intra_warmup:
-        cost = [per_step * (1 if s < cfg.intra_warmup else INTER_INTRA_COST) for s in range(step, cfg.steps)]
+    scaled = cfg.method == "inter-intra" and step < cfg.intra_warmup < cfg.steps  # timed intra, inter-intra to come
+    cost = [per_step * (INTER_INTRA_COST if scaled and s >= cfg.intra_warmup else 1) for s in range(step, cfg.steps)]
     t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
            f"{fmt_time(t_left)} of training + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")
-    if cost != [per_step] * len(cost):
+    if scaled:
         msg += f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step)"
     cap = 60 * cfg.max_minutes - elapsed
     if cfg.max_minutes and t_left > cap:
