@@ -4,6 +4,7 @@ warm-up, and the supervised bound's own settings."""
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -251,17 +252,27 @@ def test_supervised_bound_uses_the_papers_temperature():
 
 # ------------------------------------------------------------------------------- threads
 def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
-    import os
-
+    import fastlmk.training.loop as loop
     from fastlmk.training.loop import auto_threads
 
     cores = len(os.sched_getaffinity(0))
+    for busy, want in ((0.2, cores), (cores - 0.8, 1), (50.0, 1)):  # the live measurement
+        monkeypatch.setattr(loop, "busy_cores", lambda busy=busy: busy)
+        assert auto_threads() == want
+    monkeypatch.setattr(loop, "busy_cores", lambda: None)  # no /proc/stat: the load average
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
     assert auto_threads() == cores
     monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.8, 0.0, 0.0))
     assert auto_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
     assert auto_threads() == 1
+
+
+def test_busy_cores_reads_a_share_of_the_machine_now():
+    from fastlmk.training.loop import busy_cores
+
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= os.cpu_count() + 1e-6  # None where /proc/stat is missing
 
 
 # ------------------------------------------------------------------------------------ presets

@@ -193,16 +193,41 @@ class Processes:
         return cls(world, rank, local_rank, device, threads)
 
 
-def auto_threads() -> int:
-    """CPU threads for ``threads=0``: the cores not already busy (cores minus the rounded 1-minute
-    load average, at least 1). On a shared machine more torch threads than free cores make
-    OpenMP's waiting threads spin against the neighbours: measured on the 2-core VM with one
-    other busy process, 2 threads took 3.3-3.6 s per default step and 1 thread 1.3-1.5 s."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def busy_cores(sample_s: float = 0.5) -> float | None:
+    """How many cores other processes keep busy *now*: the non-idle share of /proc/stat's CPU
+    time over ``sample_s`` seconds, times the machine's CPU count (Linux; None elsewhere). The
+    1-minute load average lags by about a minute: right after other work ends it still reads
+    ~1 on an idle machine, which made a newcomer's default run take 1 thread and twice as long."""
+    def totals():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal (guest time is already inside user)
+
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        busy = 0.0
+        t0, i0 = totals()
+        time.sleep(sample_s)
+        t1, i1 = totals()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return (1.0 - (i1 - i0) / (t1 - t0)) * (os.cpu_count() or 1)
+
+
+def auto_threads() -> int:
+    """CPU threads for ``threads=0``: the cores not already busy (cores minus the cores other
+    processes use now, rounded, at least 1; where /proc/stat is missing, the 1-minute load
+    average). On a shared machine more torch threads than free cores make OpenMP's waiting
+    threads spin against the neighbours: measured on the 2-core VM with one other busy process,
+    2 threads took 3.3-3.6 s per default step and 1 thread 1.3-1.5 s."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not available on this platform
+            busy = 0.0
     return max(1, min(cores, cores - int(round(busy))))
 
 
