@@ -15,6 +15,7 @@ import torch
 
 from fastlmk.training.config import TrainConfig
 from fastlmk.training.losses import LOSS_TERMS
+from fastlmk.training.model import step_method
 
 LOG_FIELDS = ["step", *LOSS_TERMS, "lr", "images_per_s", "elapsed_s"]  # the columns of log.csv
 TIMED_STEPS = 5  # the warm-up forecast times steps 2..6 of a process (the first allocates / compiles)
@@ -86,8 +87,11 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
     ``max_minutes`` will stop the run. ``per_step`` was timed at ``step``; while an inter-intra
     run is still in its intra warm-up, the steps after it are counted at ``INTER_INTRA_COST``."""
     n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
-    scaled = cfg.method == "inter-intra" and step < cfg.intra_warmup < cfg.steps  # timed intra, inter-intra to come
-    cost = [per_step * (INTER_INTRA_COST if scaled and s >= cfg.intra_warmup else 1) for s in range(step, cfg.steps)]
+    def method(s):
+        return step_method(cfg.method, cfg.intra_warmup, s)
+
+    scaled = method(step) == "intra" and method(cfg.steps - 1) == "inter-intra"  # timed in the warm-up
+    cost = [per_step * (INTER_INTRA_COST if scaled and method(s) == "inter-intra" else 1) for s in range(step, cfg.steps)]
     t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
            f"{fmt_time(t_left)} of training + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")

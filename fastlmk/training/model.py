@@ -247,6 +247,12 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
             return a
 
 
+def step_method(method: str, intra_warmup: int, step: int) -> str:
+    """The objective of training step ``step`` (0-based): ``intra`` during the optional warm-up of
+    ``intra_warmup`` steps [ours], then ``method``."""
+    return "intra" if step < intra_warmup else method
+
+
 class LandmarkAutoencoder(nn.Module):
     """Detector ``D`` and generator ``P`` trained together.
 
@@ -288,7 +294,7 @@ class LandmarkAutoencoder(nn.Module):
         drawn from ``generator`` for inter-intra, None for intra (nothing drawn). Pass the result
         to ``forward`` as ``aux``. (Drawn here, outside ``forward``, so that a compiled forward
         has no data-dependent loop.)"""
-        self.method = "intra" if step < self.intra_warmup else self.trained_method
+        self.method = step_method(self.trained_method, self.intra_warmup, step)
         return derangement(batch_size, generator) if self.method == "inter-intra" else None
 
     def sample_rows(self, x: torch.Tensor, x_prime: torch.Tensor, out: dict) -> list:
