@@ -340,6 +340,10 @@ def test_forecast_counts_the_steps_after_an_intra_warmup_at_the_inter_intra_cost
 
     plain = TrainConfig(steps=100, eval=False, max_minutes=0.0)
     assert "expected 1m30s of training" in forecast(plain, 10, 1.0, 0.0, 1, 0.0)  # 90 steps x 1 s
+    assert "evaluation" not in forecast(plain, 10, 1.0, 0.0, 1, 0.0)  # --no-eval: no evaluation time
+    # with evaluation: one detector pass over the regressor's and the test images, twice, + 5 s
+    evaluated = dataclasses.replace(plain, eval=True, eval_train_size=100, eval_test_size=50)
+    assert "of training + ~0m08s of evaluation" in forecast(evaluated, 10, 1.0, 0.01, 1, 0.0)
     warm = TrainConfig(steps=100, intra_warmup=60, eval=False, max_minutes=0.0)
     t = 50 + 40 * INTER_INTRA_COST  # timed at step 10, an intra step: 50 more intra, then 40 inter-intra
     line = forecast(warm, 10, 1.0, 0.0, 1, 0.0)

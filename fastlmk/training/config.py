@@ -220,7 +220,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.synth_pose in POSES, f"synth_pose must be one of {POSES}, got {cfg.synth_pose!r}")
     need(cfg.pairs in PAIRS, f"pairs must be one of {PAIRS}, got {cfg.pairs!r}")
     need(cfg.pairs in TWO_VIEW_PAIRS or not cfg.shared_warp,
-         "shared_warp needs pairs='views' or 'motion' (two warps of one image with one spline would be the same image)")
+         f"shared_warp needs pairs={' or '.join(map(repr, TWO_VIEW_PAIRS))} (two warps of one image with one spline would be the same image)")
     need(cfg.pairs == "warps" or cfg.dataset == "synth",
          f"pairs={cfg.pairs!r} needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
     need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")

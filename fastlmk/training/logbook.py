@@ -94,7 +94,9 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
     cost = [per_step * (INTER_INTRA_COST if scaled and method(s) == "inter-intra" else 1) for s in range(step, cfg.steps)]
     t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
-           f"{fmt_time(t_left)} of training + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation")
+           f"{fmt_time(t_left)} of training")
+    if cfg.eval:
+        msg += f" + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation"
     if scaled:
         msg += f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step)"
     cap = 60 * cfg.max_minutes - elapsed
