@@ -286,10 +286,12 @@ def test_cpu_preset_switches_on_the_measured_additions_and_cpu_paper_is_the_pape
     # the same budget and bottleneck: only the objective differs
     assert (paper.pairs, paper.shared_warp, paper.intra_warmup, paper.method) == ("warps", False, 0, "inter-intra")
     assert cpu.synth_pose == paper.synth_pose == "aligned"  # both on the regime the README reports
-    # the same bottleneck and data: only the objective (and the step count of one time budget) differs
+    # the same bottleneck and data: only the objective, K (the paper's 10 vs the literature's 30) and the
+    # step count of one time budget differ
     differ = {k for k in TrainConfig.__dataclass_fields__ if getattr(cpu, k) != getattr(paper, k)}
     assert differ == {"preset", "warp_std", "equivariance_weight", "separation_weight", "pairs", "shared_warp",
-                      "intra_warmup", "steps"}
+                      "intra_warmup", "steps", "num_landmarks"}
+    assert (cpu.num_landmarks, paper.num_landmarks) == (30, 10)
     assert cpu.intra_warmup < cpu.steps  # the warm-up ends inside the run: the paper's step follows
     validate(cpu)
     validate(paper)
