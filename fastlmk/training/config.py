@@ -119,8 +119,8 @@ def preset(name: str, cuda: bool = False) -> TrainConfig:
         # "CPU preset"): soft-argmax T 0.1 saturates at init, weight decay 5e-4 under Adam shrinks the
         # detector faster than its weak early gradient grows it. Measured replacements [ours]. Data:
         # SynthFaces' MAFL-like `aligned` regime, the field's headline benchmark (`wild` is one flag away).
-        # max_minutes 14: the default run took 12m22s of training + 16 s of evaluation as a newcomer runs it
-        # (idle VM, 2 threads, 2026-12-06); the cap keeps a slower machine's whole run near 15 min.
+        # max_minutes 14: the default run took 11m43s of training + 14 s of evaluation as a newcomer runs it
+        # (idle VM, 2 threads, K = 30, 2026-12-06); the cap keeps a slower machine's whole run near 15 min.
         budget = dict(synth_pose="aligned", max_minutes=14.0, temperature=1.0, gaussian_std=1.0, beta1=0.9,
                       weight_decay=0.0)
         if name == "cpu-paper":  # that budget with the paper's objective (IMM's warps, no added terms):
