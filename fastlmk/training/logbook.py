@@ -86,7 +86,6 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
     """The line printed after the warm-up: expected training and evaluation time, and where
     ``max_minutes`` will stop the run. ``per_step`` was timed at ``step``; while an inter-intra
     run is still in its intra warm-up, the steps after it are counted at ``INTER_INTRA_COST``."""
-    n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000) if cfg.eval else 0
     def method(s):
         return step_method(cfg.method, cfg.intra_warmup, s)
 
@@ -95,7 +94,8 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
     t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
            f"{fmt_time(t_left)} of training")
-    if cfg.eval:
+    if cfg.eval:  # one detector pass over the regressor's and the test images, twice, + 5 s
+        n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000)
         msg += f" + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation"
     if scaled:
         msg += f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step)"
