@@ -15,6 +15,11 @@ from dataclasses import dataclass, fields
 PRESETS = ("auto", "cpu", "cpu-paper", "gpu", "paper")
 PAIRS = ("warps", "views", "motion")  # intra-subject pair sources (TrainConfig.pairs)
 TWO_VIEW_PAIRS = ("views", "motion")  # the sources whose x and x' are two views of one subject [ours]
+# The names a config may use. They live here, with the settings, and the code that implements them
+# imports them from here (model.py, losses.py): the imports point one way, config <- model/losses.
+ARCHS = ("hourglass", "conv")  # detector architectures (fastlmk.training.model.Detector)
+METHODS = ("inter-intra", "intra")  # training objectives (LandmarkAutoencoder.forward)
+PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")  # perceptual losses (losses.ReconstructionLoss)
 
 
 @dataclass
@@ -187,8 +192,7 @@ def load_file(path: str) -> dict:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cheap checks with clear messages (the data set name and paths are checked when built)."""
-    from fastlmk.training.losses import PERCEPTUAL
-    from fastlmk.training.model import ARCHS, METHODS, SOFT_ARGMAX_MODES
+    from fastlmk.ops.soft_argmax import MODES as SOFT_ARGMAX_MODES  # the ops layer: below training
 
     def need(cond, msg):
         if not cond:

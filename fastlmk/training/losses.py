@@ -26,11 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastlmk.ops.reference import grid_coords  # pixel-centre coordinates, the soft-argmax's own
+from fastlmk.training.config import PERCEPTUAL
 
 if TYPE_CHECKING:
     from fastlmk.training.config import TrainConfig
 
-PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")
 FALLBACK = "laplacian"  # chosen by measurement, see docs/training.md
 
 # torchvision vgg16().features up to relu4_3: index -> (in, out) of each conv; the others are

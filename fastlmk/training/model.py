@@ -20,12 +20,10 @@ import torch.nn.functional as F
 
 import fastlmk
 from fastlmk.ops.soft_argmax import MODES as SOFT_ARGMAX_MODES
+from fastlmk.training.config import ARCHS, METHODS
 
 if TYPE_CHECKING:
     from fastlmk.training.config import TrainConfig
-
-ARCHS = ("hourglass", "conv")
-METHODS = ("inter-intra", "intra")
 
 
 # --------------------------------------------------------------------------------------------
