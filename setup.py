@@ -10,7 +10,9 @@ Compilation is driven by ninja (parallel, incremental): each extension gets a bu
 ``build/`` and ``ninja`` compiles and links it. Environment knobs:
 
 * ``FASTLMK_CUDA=0|1``       force the CUDA module off / on (default: on iff nvcc is found).
-* ``FASTLMK_CUDA_ARCHS``     e.g. ``"80;90"`` (default), PTX of the highest is embedded too.
+* ``FASTLMK_CUDA_ARCHS``     the GPUs to compile for, e.g. ``"75;80;90"``: SASS for each, PTX of the
+                             highest too. Unset: ``80;90`` (+ PTX compute_90) plus the GPUs of the
+                             build machine (``nvidia-smi``), see fastlmk/_cuda_targets.py.
 * ``FASTLMK_CPU_ARCH``       value for ``-march`` (default ``native``; use e.g. ``x86-64-v3``
                              when building a wheel for other machines).
 * ``FASTLMK_DEBUG=1``        ``-O0 -g``.
@@ -84,25 +86,43 @@ def _find_ninja():
 
 
 class NinjaExtension(Extension):
-    """An extension compiled by ninja; ``kind`` is "cpu" or "cuda"."""
+    """An extension compiled by ninja; ``kind`` is "cpu" or "cuda" (then ``cuda_targets`` lists
+    the GPU code to compile, e.g. ["sm_80", "sm_90", "compute_90"])."""
 
-    def __init__(self, name, sources, kind):
+    def __init__(self, name, sources, kind, cuda_targets=None):
         super().__init__(name, sources=[str(s) for s in sources])
         self.kind = kind
+        self.cuda_targets = cuda_targets
 
 
 def _q(path):
     return shlex.quote(str(path)).replace("$", "$$").replace(":", "$:")
 
 
-def _build_info():
-    """fastlmk/_build_info.py, loaded by path (importing the package would import torch)."""
+def _load_by_path(name):
+    """fastlmk/<name>.py, loaded by path (importing the package would import torch)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_fastlmk_build_info", ROOT / "fastlmk" / "_build_info.py")
+    spec = importlib.util.spec_from_file_location(f"_fastlmk_{name}", ROOT / "fastlmk" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _build_info():
+    return _load_by_path("_build_info")
+
+
+def _cuda_targets(nvcc):
+    """The GPU code to compile (fastlmk/_cuda_targets.py: FASTLMK_CUDA_ARCHS, else the defaults
+    plus this machine's GPUs), checked against what ``nvcc`` can compile; printed."""
+    ct = _load_by_path("_cuda_targets")
+    try:
+        targets, why = ct.choose(os.environ.get(ct.ENV), ct.detect_gpu_archs(), ct.nvcc_archs(nvcc))
+    except ValueError as e:
+        raise SystemExit(f"fastlmk: {e}") from None
+    print(f"fastlmk: CUDA code for {ct.describe(targets)} ({why})", file=sys.stderr)
+    return targets
 
 
 class NinjaBuildExt(build_ext):
@@ -151,11 +171,7 @@ class NinjaBuildExt(build_ext):
         if ext.kind == "cuda":
             nvcc = _find_nvcc()
             cuda_home = _find_cuda_home(nvcc)
-            archs = [a.strip() for a in os.environ.get("FASTLMK_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
-            gencode = []
-            for a in archs:
-                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-            gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+            gencode = _load_by_path("_cuda_targets").gencode_flags(ext.cuda_targets)
             nvccflags = opt + ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
                                "-Xcompiler", "-Wall", "--expt-relaxed-constexpr",
                                "-lineinfo", f"-I{ROOT / 'csrc'}", f"-I{cuda_home / 'include'}"] + gencode
@@ -169,6 +185,8 @@ class NinjaBuildExt(build_ext):
                 "  description = NVCC $in",
             ]
             includes.append(f"-I{cuda_home / 'include'}")
+            # the targets, for the module's `cuda_targets` (the run-time check of fastlmk.ops.backends)
+            cxxflags.append(f'-DFASTLMK_CUDA_TARGETS="{";".join(ext.cuda_targets)}"')
             lines[2] = f"cxxflags = {' '.join(_q(f) for f in includes + cxxflags)}"
             # cudart is linked statically: the module then needs nothing but the driver.
             libdirs = [cuda_home / "lib64", cuda_home / "lib", cuda_home / "targets" / "x86_64-linux" / "lib"]
@@ -213,8 +231,9 @@ def _extensions():
         if not cu_sources:
             raise SystemExit("fastlmk: FASTLMK_CUDA=1 but csrc/cuda has no .cu sources")
         sources = cu_sources + [ROOT / "csrc" / "bindings_cuda.cpp"]
-        exts.append(NinjaExtension("fastlmk._C_cuda", [p.relative_to(ROOT) for p in sources], "cuda"))
         print(f"fastlmk: building the CUDA module with {nvcc}", file=sys.stderr)
+        exts.append(NinjaExtension("fastlmk._C_cuda", [p.relative_to(ROOT) for p in sources], "cuda",
+                                   cuda_targets=_cuda_targets(nvcc)))
     else:
         print("fastlmk: not building the CUDA module (no nvcc, or FASTLMK_CUDA=0)", file=sys.stderr)
     return exts

@@ -10,6 +10,13 @@
 
 namespace py = pybind11;
 
+// The GPU code this module holds, e.g. "sm_80;sm_90;compute_90" (SASS per sm_XY, PTX per
+// compute_XY), set by setup.py from the -gencode flags; fastlmk.ops.backends reads it to check,
+// before a launch, that the module can run on the tensor's GPU. "" means unknown.
+#ifndef FASTLMK_CUDA_TARGETS
+#define FASTLMK_CUDA_TARGETS ""
+#endif
+
 namespace {
 inline const void* cptr(std::uintptr_t p) { return reinterpret_cast<const void*>(p); }
 inline void* mptr(std::uintptr_t p) { return reinterpret_cast<void*>(p); }
@@ -18,6 +25,7 @@ inline void* stream_ptr(std::uintptr_t s) { return reinterpret_cast<void*>(s); }
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "fastlmk CUDA kernels (framework-free; called by fastlmk's Python layer)";
+  m.attr("cuda_targets") = FASTLMK_CUDA_TARGETS;
   using G = py::call_guard<py::gil_scoped_release>;
   namespace k = fastlmk::cuda;
 

@@ -146,6 +146,17 @@ def test_cuda_requested_in_a_cpu_only_build(op, cpu_only_build):
         backends.resolve(op, "cuda", torch.device("cuda"), torch.float32)
 
 
+def test_auto_on_a_gpu_in_a_cpu_only_build(fresh_warnings, cpu_only_build, monkeypatch):
+    """A GPU, no CUDA module, no triton (stubbed, so no GPU needed): the reference with the
+    per-op fallback warning (the GPU-architecture warning of tests/test_cuda_arch.py is for a
+    CUDA module that exists but holds no code for the GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(backends._modules, "triton", None)
+    with pytest.warns(RuntimeWarning, match=r"^fastlmk\.soft_argmax: no compiled kernel for cuda tensors") as w:
+        assert backends.resolve("soft_argmax", "auto", torch.device("cuda"), torch.float32) == "reference"
+    assert len(w) == 1 and "compute capability" not in str(w[0].message)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_triton_on_cpu_without_the_interpreter(op, monkeypatch):
     # import fastlmk.ops.triton (and triton) first, with the interpreter as the session set it: the

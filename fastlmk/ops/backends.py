@@ -7,6 +7,11 @@ Backends: ``"reference"`` (pure PyTorch, :mod:`fastlmk.reference`), ``"cpu"`` (C
 ``"auto"`` picks, for the tensor's device, the compiled kernel; on CUDA the per-op preference in
 :data:`AUTO_CUDA` (overridable with the environment variable ``FASTLMK_BACKEND``). Where none is
 available it falls back to the reference and warns once per (op, device type).
+
+The CUDA module holds code for the GPUs it was compiled for only (its ``cuda_targets``, see
+:mod:`fastlmk._cuda_targets`): on any other GPU "cuda" is unavailable, an explicit
+``backend="cuda"`` raises, and "auto" runs the next backend (Triton where it runs, else the
+reference) with one warning naming the GPU's compute capability and the rebuild command.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import warnings
 
 import torch
 
+from fastlmk import _cuda_targets
 from fastlmk.ops._cpp import CppKernels
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -44,6 +50,7 @@ _errors: dict = {}
 _warned: set = set()
 _kernel_sets: dict = {}
 _has_kernels_cache: dict = {}
+_cuda_arch_checked: dict = {}  # (device index, module targets) -> None (runs there) or why not
 
 _MODULE_NAMES = {"cpu": "fastlmk._C_cpu", "cuda": "fastlmk._C_cuda", "triton": "fastlmk.ops.triton"}
 
@@ -103,8 +110,12 @@ def why_unavailable(backend: str, device: torch.device, op: str | None = None) -
         mod = module(backend)
         if mod is None:
             return _not_built(backend)
-        if backend == "cuda" and not torch.cuda.is_available():
-            return "the 'cuda' backend needs a CUDA GPU, and torch sees none"
+        if backend == "cuda":
+            if not torch.cuda.is_available():
+                return "the 'cuda' backend needs a CUDA GPU, and torch sees none"
+            why = _cuda_arch_mismatch(mod, device)
+            if why is not None:
+                return why
     elif backend == "triton":
         if device.type == "cpu" and not triton_interpreted():
             # said without importing triton: imported outside the interpreter, it cannot enter it
@@ -125,6 +136,27 @@ def why_unavailable(backend: str, device: torch.device, op: str | None = None) -
         return (f"this installation's {backend!r} module has no {op} kernel (a stale build?); "
                 "reinstall with `pip install .`")
     return None
+
+
+def _cuda_arch_mismatch(mod, device: torch.device) -> str | None:
+    """Why the compiled CUDA module ``mod`` holds no code the GPU of ``device`` can run (SASS of
+    its major version and a minor <= its own, or PTX of a capability <= its own); None if it
+    does, or if the module does not say what it was compiled for (a build older than the record).
+    Asked on every call, so cached per (device, module targets)."""
+    targets = getattr(mod, "cuda_targets", "")
+    if not targets:
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, targets)
+    if key not in _cuda_arch_checked:
+        major, minor = torch.cuda.get_device_capability(index)
+        why = None
+        if not _cuda_targets.runs_on(targets, (major, minor)):
+            why = (f"this installation's CUDA kernels were compiled for {_cuda_targets.describe(targets)}, "
+                   f"none of which runs on cuda:{index} (compute capability {major}.{minor}); rebuild them for "
+                   f"it from the fastlmk source with `{_cuda_targets.ENV}=\"{major}{minor}\" pip install .`")
+        _cuda_arch_checked[key] = why
+    return _cuda_arch_checked[key]
 
 
 def _has_kernels(backend: str, mod, op: str) -> bool:
@@ -158,9 +190,28 @@ def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> 
                 prefs = AUTO_CUDA[op]
             else:
                 prefs = ()
+            chosen, arch_why = "reference", None
             for p in prefs:
-                if dtype in DTYPES[p] and available(p, device, op):
-                    return p
+                if dtype not in DTYPES[p]:
+                    continue
+                if available(p, device, op):
+                    chosen = p
+                    break
+                if p == "cuda" and module("cuda") is not None and torch.cuda.is_available():
+                    arch_why = _cuda_arch_mismatch(module("cuda"), device)
+            if arch_why is not None:
+                # the CUDA kernels exist but not for this GPU: one warning per GPU (not per op)
+                # naming the capability and the rebuild command
+                key = ("cuda-arch", arch_why, chosen)
+                if key not in _warned:
+                    _warned.add(key)
+                    instead = ("the Triton kernels" if chosen == "triton"
+                               else "the (slower) pure-PyTorch reference ops")
+                    warnings.warn(f"fastlmk: {arch_why}. Until then backend 'auto' runs {instead} on this GPU.",
+                                  RuntimeWarning, stacklevel=4)
+                return chosen
+            if chosen != "reference":
+                return chosen
             key = (op, device.type, dtype)
             if key not in _warned:
                 _warned.add(key)
