@@ -4,6 +4,7 @@
 * :class:`CelebA`, :class:`MAFL` -- aligned CelebA with IMM's crop; MAFL landmark splits.
 * :class:`AFLWZhang` ("aflw_zhang"), :class:`AFLWThewlis` ("aflw_thewlis") -- the two AFLW versions.
 * :class:`ImageFolder` ("folder") -- any directory of jpg/png images, unlabelled.
+* :class:`VideoClips` ("video") -- video files / folders of frames: pairs of two frames of one clip.
 * :func:`build_dataset` -- one factory for all of them.
 * :class:`TPSPairs` -- two random TPS warps per image + smooth border masks, on the training device.
 
@@ -21,20 +22,21 @@ from fastlmk.data.folder import ImageFolder
 from fastlmk.data.landmarks import LANDMARK_NAMES
 from fastlmk.data.pairs import Pairs, TPSPairs, border_mask
 from fastlmk.data.synth import SynthFaces, ViewPairs, tune_malloc
+from fastlmk.data.video import VideoClips
 
 __all__ = ["DATASETS", "AFLWThewlis", "AFLWZhang", "CelebA", "ImageFolder", "ImageReadError", "LANDMARK_NAMES", "MAFL", "Pairs",
-           "SynthFaces", "TPSPairs", "ViewPairs", "border_mask", "build_dataset", "tune_malloc"]
+           "SynthFaces", "TPSPairs", "VideoClips", "ViewPairs", "border_mask", "build_dataset", "tune_malloc"]
 
-DATASETS = ("synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder")
+DATASETS = ("synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder", "video")
 
 
 def build_dataset(name: str, root=None, split: str = "train", size: int = 128, **kw):
     """Build a data set by name.
 
     Args:
-        name: one of ``"synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder"``.
+        name: one of ``"synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder", "video"``.
         root: data directory (ignored by "synth"); see each class for its expected tree.
-        split: "train" or "test" ("folder" has a single split and ignores it).
+        split: "train" or "test" ("folder" and "video" have a single split and ignore it).
         size: image side S.
         **kw: passed to the class (e.g. ``length``/``seed`` for "synth", ``crop`` for "folder").
 
@@ -54,4 +56,6 @@ def build_dataset(name: str, root=None, split: str = "train", size: int = 128, *
         return AFLWThewlis(root, split=split, size=size, **kw)
     if name == "folder":
         return ImageFolder(root, size=size, **kw)
+    if name == "video":  # items are pairs (image, image2) of two frames of one clip
+        return VideoClips(root, size=size, **kw)
     raise ValueError(f"fastlmk.data.build_dataset: unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
