@@ -322,3 +322,46 @@ def test_cache_meta_is_json(clips):
     ds = V.VideoClips(clips, size=16)
     meta = json.loads(ds.clips[0]["data"].with_suffix(".json").read_text())
     assert meta["frames"] == 12 and meta["size"] == 16 and meta["source"].endswith("a.mp4")
+
+
+# --- SynthFaces clips (issue 23, item 3) ------------------------------------------------------
+def test_synth_clip_params_smooth_with_blinks():
+    from fastlmk.data import synth_clips as SC
+    from fastlmk.data.synth import sample_params
+
+    p = SC.clip_params(0, "train", 4, 49, "aligned", keyframe_every=12)
+    view0 = sample_params(0, "train", [4], [0], "aligned", static_background=True, static_pose=True)
+    for key in ("head_a", "skin", "rot", "scale", "tx", "bg_a"):  # identity, placement, background: view 0's
+        torch.testing.assert_close(p[key], view0[key].expand_as(p[key]))
+    keys = sample_params(0, "train", [4] * 6, list(range(6)), "aligned", static_background=True, static_pose=True)
+    torch.testing.assert_close(p["yaw"][::12], keys["yaw"][:5])  # keyframes = the subject's views
+    steps = p["yaw"].diff().abs()
+    assert steps.max() <= 1.6 * (keys["yaw"][:5].diff().abs().max() / 12) + 1e-6  # smoothstep: slope <= 1.5x linear
+    long = SC.clip_params(0, "train", 4, 400, "aligned")
+    assert (long["eye_open"] < 0.1).any() and (long["eye_open"] > 0.7).float().mean() > 0.8  # blinks, mostly open
+
+
+def test_export_synth_clips_roundtrip(tmp_path, capsys):
+    from fastlmk import export
+    from fastlmk.data import synth_clips as SC
+
+    out = tmp_path / "clips"
+    assert export.main(["synth-clips", str(out), "--num", "2", "--frames", "16", "--size", "32", "--no-progress"]) == 0
+    assert "2 SynthFaces train clips x 16 frames" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["clip_0000.csv", "clip_0000.mp4", "clip_0001.csv", "clip_0001.mp4",
+                                                    "export.json"]
+    with av.open(str(out / "clip_0001.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == ("h264" if SC.video_codec() == "libx264" else "mpeg4")
+    ds = V.VideoClips(out, size=32, cache_dir=tmp_path / "cache")
+    assert [c["frames"] for c in ds.clips] == [16, 16] and ds.has_landmarks
+    images, pts = SC.render_clip(0, "train", 1, 16, 32, "aligned")
+    # the decoded video is the rendered clip up to compression; the landmark file, exactly its points
+    decoded = torch.from_numpy(np.array(ds.frames(1))).permute(0, 3, 1, 2).float() / 255
+    assert (decoded - images).abs().mean() < 0.03
+    torch.testing.assert_close(ds._landmarks[1], pts, atol=2e-4, rtol=0)  # 3 decimals in the csv
+    # errors: odd size, a non-empty folder without --force
+    with pytest.raises(SystemExit, match="--size must be even"):
+        export.main(["synth-clips", str(tmp_path / "x"), "--size", "33"])
+    with pytest.raises(SystemExit, match="not empty"):
+        export.main(["synth-clips", str(out), "--num", "1", "--frames", "2", "--size", "16"])
+    assert not (tmp_path / "x").exists()
