@@ -219,3 +219,28 @@ def test_cli_named_landmarks_from_eval_regressor(image_folder, standin_checkpoin
     with pytest.raises(SystemExit, match="expects 2 discovered points, the detector gives 3"):
         detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(out), "--regressor", str(reg),
                      "--no-progress"])
+
+
+# --- issue 22's faults: a malformed eval.json names entry, --out where nothing can be created ----
+@pytest.mark.parametrize("per_landmark", [{"names": 5}, {"names": ["a", "b"]}, {"names": [1, 2, 3, 4, 5]},
+                                          ["left eye"], "names"])
+def test_regressor_malformed_names_is_one_line(image_folder, standin_checkpoint, tmp_path, per_landmark):
+    d, _ = image_folder
+    reg = tmp_path / "eval.json"
+    reg.write_text(json.dumps({"regressors": {"saic": {"W": torch.zeros(6, 10).tolist(), "b": [0.0] * 10}},
+                               "per_landmark": per_landmark}))
+    with pytest.raises(SystemExit) as e:
+        detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", str(tmp_path / "o"),
+                     "--regressor", str(reg), "--no-progress"])
+    msg = str(e.value)
+    assert "\n" not in msg and str(reg) in msg and "malformed 'per_landmark'" in msg, msg
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out", ["/proc/fastlmk-x", "/sys/fastlmk-x", "/proc/fastlmk-x/y"])
+def test_out_on_a_pseudo_file_system_is_one_line(image_folder, standin_checkpoint, out):
+    d, _ = image_folder
+    with pytest.raises(SystemExit) as e:
+        detect.main([str(d), "--checkpoint", str(standin_checkpoint), "--out", out, "--no-progress"])
+    msg = str(e.value)
+    assert e.value.code == 2 and "\n" not in msg and "--out" in msg and out.split("/")[1] in msg, msg
