@@ -91,6 +91,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log to TensorBoard (if installed)
     eval: bool = True  # evaluate the detector at the end (fastlmk.evaluate)
     eval_dataset: str = ""  # annotated data set for the evaluation (default: synth -> synth, celeba -> mafl, else the training set)
+    eval_data_root: str = ""  # its directory (default: data_root); folder: evaluated on the images its landmarks.csv annotates (docs/data.md)
     eval_train_size: int = 2000  # images to fit the regressor on (0 = all)
     eval_split: str = "test"  # split the error is reported on: test | val (synth: tune on val, report test)
     eval_test_size: int = 1000  # test images (0 = all)
@@ -287,6 +288,14 @@ def check_names(cfg: TrainConfig) -> None:
         raise ValueError(f"--dataset: unknown data set {cfg.dataset!r}; valid names: {', '.join(DATASETS)}")
     if cfg.eval_dataset and cfg.eval_dataset not in DATASETS:
         raise ValueError(f"--eval-dataset: unknown data set {cfg.eval_dataset!r}; valid names: {', '.join(DATASETS)}")
+    if cfg.eval and (cfg.eval_dataset or cfg.dataset) == "folder" and cfg.eval_split != "test":
+        raise ValueError("--eval-split val: a folder has no val split (its annotated images are split into a part "
+                         "that fits the regressor and a test part, docs/data.md)")
+    if cfg.eval and cfg.eval_dataset == "folder":  # its landmarks.csv is read now, not after the training
+        from fastlmk.data.folder import check_annotated_folder
+
+        check_annotated_folder(cfg.eval_data_root or (cfg.data_root if cfg.dataset == "folder" else ""),
+                               "--eval-data-root" if cfg.eval_data_root or cfg.dataset != "folder" else "--data-root")
     check_backend(cfg.backend, check_device(cfg.device))
 
 

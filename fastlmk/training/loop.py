@@ -380,11 +380,17 @@ def finish(cfg: TrainConfig, detector: Detector, run_dir: str, step: int, device
 def eval_sets(cfg: TrainConfig, build_dataset):
     """(train_set, test_set) with ground-truth landmarks for the final evaluation, or None."""
     name = cfg.eval_dataset or {"synth": "synth", "celeba": "mafl"}.get(cfg.dataset, cfg.dataset)
-    if name == "folder":
-        return None
+    root = cfg.eval_data_root or cfg.data_root or None
     kw = cfg.dataset_kwargs(name)
-    train = build_dataset(name, cfg.data_root or None, split="train", **kw)
-    test = build_dataset(name, cfg.data_root or None, split=cfg.eval_split, **kw)
+    if name == "folder":  # its annotated images (landmarks.csv), split into a fit and a test part; none: None
+        from fastlmk.data.folder import has_annotations
+
+        if not has_annotations(root):
+            return None
+        train, test = (build_dataset(name, root, part=part, **kw) for part in ("fit", "test"))
+    else:
+        train = build_dataset(name, root, split="train", **kw)
+        test = build_dataset(name, root, split=cfg.eval_split, **kw)
     if cfg.eval_train_size and len(train) > cfg.eval_train_size:
         train = Subset(train, range(cfg.eval_train_size))
     if cfg.eval_test_size and len(test) > cfg.eval_test_size:
@@ -401,7 +407,8 @@ def evaluate(detector: Detector, cfg: TrainConfig, run_dir: str, device) -> dict
 
     sets = eval_sets(cfg, build_dataset)
     if sets is None:
-        print(f"no annotated evaluation set for dataset {cfg.dataset!r}; skipping the evaluation")
+        print(f"no annotated evaluation set for dataset {cfg.dataset!r} (a folder needs a landmarks.csv: "
+              f"docs/data.md); skipping the evaluation")
         return None
     detector.eval()
     t0 = time.time()
