@@ -120,7 +120,7 @@ def synth_defaults() -> dict:
 
 
 def export_synth(out_dir, split: str = "train", num: int | None = None, size: int = 64, pose: str = "aligned",
-                 seed: int = 0, batch_size: int = 64, threads: int = 1, progress: bool = True,
+                 seed: int = 0, batch_size: int = 32, threads: int = 1, progress: bool = True,
                  stale: list[Path] | None = None) -> dict:
     """Write SynthFaces items ``0 .. num - 1`` of ``split`` to ``out_dir`` (images/, landmarks.csv,
     export.json); see the module docstring. The caller checks ``out_dir`` first

@@ -3,7 +3,8 @@
 * :class:`SynthFaces` -- procedural faces with exact landmarks (no files; the default).
 * :class:`CelebA`, :class:`MAFL` -- aligned CelebA with IMM's crop; MAFL landmark splits.
 * :class:`AFLWZhang` ("aflw_zhang"), :class:`AFLWThewlis` ("aflw_thewlis") -- the two AFLW versions.
-* :class:`ImageFolder` ("folder") -- any directory of jpg/png images, unlabelled.
+* :class:`ImageFolder` ("folder") -- any directory of jpg/png images; landmarks where its
+  ``landmarks.csv`` gives them (the format ``python -m fastlmk.export`` writes, docs/data.md).
 * :class:`VideoClips` ("video") -- video files / folders of frames: pairs of two frames of one clip.
 * :func:`build_dataset` -- one factory for all of them.
 * :class:`TPSPairs` -- two random TPS warps per image + smooth border masks, on the training device.
@@ -36,9 +37,10 @@ def build_dataset(name: str, root=None, split: str = "train", size: int = 128, *
     Args:
         name: one of ``"synth", "celeba", "mafl", "aflw_zhang", "aflw_thewlis", "folder", "video"``.
         root: data directory (ignored by "synth"); see each class for its expected tree.
-        split: "train" or "test" ("folder" and "video" have a single split and ignore it).
+        split: "train" or "test" ("folder" and "video" have a single split and ignore it; an
+            annotated folder's evaluation parts are ``part="fit" | "test"``).
         size: image side S.
-        **kw: passed to the class (e.g. ``length``/``seed`` for "synth", ``crop`` for "folder").
+        **kw: passed to the class (e.g. ``length``/``seed`` for "synth", ``crop`` / ``part`` for "folder").
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or bad split.
