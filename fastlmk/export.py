@@ -222,8 +222,9 @@ SUBCOMMANDS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m {PROG}",
-                                description="Write a data set as ordinary files (DIR/images/*.png and "
-                                            "DIR/landmarks.csv) that the 'folder' data set reads.")
+                                description="Write a data set as ordinary files with their landmarks, for "
+                                            "fastlmk's data sets (synth: DIR/images/*.png + DIR/landmarks.csv, "
+                                            "which --dataset folder reads) or any other tool.")
     sub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     for name, (help_, add_arguments, run_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
