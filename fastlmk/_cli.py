@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 
 
 class UsageError(SystemExit):
@@ -29,16 +30,34 @@ def run(main) -> None:
     sys.exit(code)
 
 
+def output_dir_problem(path) -> str | None:
+    """Why ``path`` cannot be a directory this process creates and writes, or None.
+
+    ``os.access`` alone is not enough: root passes it everywhere, and /proc and /sys (or a
+    read-only mount) say "writable" yet refuse every new entry. So the nearest existing folder is
+    also tried by creating a temporary directory in it, removed at once (nothing is left)."""
+    path = os.path.abspath(str(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return "exists and is not a directory"
+    probe = path
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not a writable directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".fastlmk-probe-", dir=probe))
+    except OSError as e:
+        return f"cannot create a directory in {probe} ({e.strerror or type(e).__name__})"
+    return None
+
+
 def check_output_dir(prog: str, flag: str, path) -> None:
     """``path`` must be a directory, or creatable as one, that this process can write."""
-    path = os.path.abspath(str(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{prog}: error: {flag} {path}: exists and is not a directory")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{prog}: error: {flag} {path}: {probe} is not a writable directory")
+    problem = output_dir_problem(path)
+    if problem:
+        raise UsageError(f"{prog}: error: {flag} {os.path.abspath(str(path))}: {problem}")
 
 
 def check_device(prog: str, spec):

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     cfg, resume = parse_args(argv, cuda=cuda)
     if resume:  # continue with the checkpoint's config, changed only by the keys given
-        state = ckpt_io.load_checkpoint(resume, fallback=True)
+        state = ckpt_io.load_checkpoint(resume, fallback=True, for_resume=True)
         cfg, _ = parse_args(argv, cuda=cuda, base=ckpt_io.config_of(state))
         resume = state["path"]  # the checkpoint actually loaded (a run directory's newest loadable one)
     old_sigterm = signal.signal(signal.SIGTERM, raise_terminated) if is_main_thread() else None

@@ -186,6 +186,9 @@ def load_file(path: str) -> dict:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"--config {path}: not valid JSON (line {e.lineno}: {e.msg})") from e
+        except UnicodeDecodeError as e:  # a binary file (weights, an image) given by mistake
+            raise ValueError(f"--config {path}: not a UTF-8 text file (byte {e.start}); a JSON file of "
+                             "config keys is expected") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a JSON object of config keys, got {type(data).__name__}")
     return data
@@ -249,8 +252,11 @@ RANGES = {
     "beta1": (0.0, 1.0, True, False), "beta2": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True), "grad_clip": (0.0, None, True, True),
     "perceptual_weight": (0.0, None, True, True), "max_minutes": (0.0, None, True, True),
-    "rotation_std": (0.0, None, True, True), "scale_std": (0.0, None, True, True),
-    "translation_std": (0.0, None, True, True), "warp_std": (0.0, None, True, True),
+    # the warp sizes (normalised units, the image spans [-1, 1]; scale: relative): at std 1 a warp
+    # already moves points by half the image, beyond it x' is mostly off the frame, and at ~1e19
+    # the equivariance loss overflows float32 at step 1 (issue 22: --warp-std 1e30)
+    "rotation_std": (0.0, None, True, True), "scale_std": (0.0, 1.0, True, True),
+    "translation_std": (0.0, 1.0, True, True), "warp_std": (0.0, 1.0, True, True),
     "extra_warp_prob": (0.0, 1.0, True, True), "mask_margin": (0.0, None, True, True),
     "tps_grid": (2, None, True, True), "seed": (0, None, True, True),
 }

@@ -47,7 +47,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
     # ---- resume: the checkpoint's config wins (the caller applied command-line changes) ----
-    state = ckpt_io.load_checkpoint(resume) if resume else None
+    state = ckpt_io.load_checkpoint(resume, for_resume=True) if resume else None
     if cfg.perceptual == "auto":  # (validated above: "vgg" only when the weights file exists)
         cfg = dataclasses.replace(cfg, perceptual="vgg" if cfg.vgg_weights else FALLBACK)
     run_dir, continued = plan_run_dir(cfg, state) if procs.master else ("", state is not None)
@@ -280,14 +280,23 @@ class RandomStreams:
 def restore(state: dict, model: LandmarkAutoencoder, optimizer, scheduler, streams: RandomStreams,
             procs: Processes) -> int:
     """Load a checkpoint's weights, optimizer, schedule and random streams; returns its step."""
-    model.detector.load_state_dict(state["detector"])
-    model.generator.load_state_dict(state["generator"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:  # (its structure was checked on loading: ckpt_io.check_resumable)
+        model.detector.load_state_dict(state["detector"])
+        model.generator.load_state_dict(state["generator"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # e.g. a config edited after the run
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
+        raise ValueError(f"{state['path']}: cannot resume: its weights or optimizer state do not match its "
+                         f"config ({type(e).__name__}: {why})") from None
     if state.get("world_size", 1) != procs.world:
         raise ValueError(f"{state['path']} was written by {state.get('world_size', 1)} process(es); resume with "
                          f"as many (data order and random streams are per process), not {procs.world}")
-    streams.set_state(state["rng"][procs.rank] if procs.ddp else state["rng"])
+    try:
+        streams.set_state(state["rng"][procs.rank] if procs.ddp else state["rng"])
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"{state['path']}: cannot resume: its random-stream state does not fit this "
+                         f"device ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return state["step"]
 
 

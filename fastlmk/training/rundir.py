@@ -12,6 +12,7 @@ import json
 import os
 import time
 
+from fastlmk._cli import output_dir_problem
 from fastlmk.training import checkpoint as ckpt_io
 from fastlmk.training.config import TrainConfig
 
@@ -38,16 +39,9 @@ def run_dir_of(checkpoint: str) -> str | None:
 
 def check_out_dir(out_dir: str) -> None:
     """--out-dir must be (or be creatable as) a writable directory: checked before anything is written."""
-    path = os.path.abspath(out_dir or ".")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out-dir {out_dir}: exists and is not a directory")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"--out-dir {out_dir}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out-dir {out_dir}: {probe} is not writable")
+    problem = output_dir_problem(out_dir or ".")  # tries a directory: /proc, /sys and root pass os.access
+    if problem:
+        raise ValueError(f"--out-dir {out_dir}: {problem}")
 
 
 def plan_run_dir(cfg: TrainConfig, state: dict | None) -> tuple[str, bool]:
