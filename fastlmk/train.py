@@ -8,6 +8,7 @@ and turn signals and errors into exit codes. Multi-GPU / multi-node: ``torchrun 
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 
@@ -15,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from fastlmk.training import checkpoint as ckpt_io
-from fastlmk.training.config import parse_args
+from fastlmk.training import recipe
+from fastlmk.training.config import parse_args, parse_command
 from fastlmk.training.loop import Terminated, is_main_thread, raise_terminated, train
 
 __all__ = ["main", "train"]
@@ -23,7 +25,10 @@ __all__ = ["main", "train"]
 
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
-    cfg, resume = parse_args(argv, cuda=cuda)
+    cfg, resume, given = parse_command(argv, cuda=cuda)
+    cfg = recipe.for_data(cfg, given)  # the pairs the data can give (frames or stills), unless given
+    if given & set(recipe.PINNED) and "budget_fit" not in given:  # the user's schedule, not the budget's
+        cfg = dataclasses.replace(cfg, budget_fit=False)
     if resume:  # continue with the checkpoint's config, changed only by the keys given
         state = ckpt_io.load_checkpoint(resume, fallback=True, for_resume=True)
         cfg, _ = parse_args(argv, cuda=cuda, base=ckpt_io.config_of(state))

@@ -110,7 +110,7 @@ def test_two_view_pairs_train_with_equivariance_against_a_third_warp(tmp_path, p
                    separation_weight=1.0), progress=False)
     assert r["step"] == 4 and all(h["equivariance"] > 0 for h in r["history"])
     with pytest.raises(ValueError, match="synth"):
-        validate(TrainConfig(pairs=pairs, dataset="folder"))
+        validate(TrainConfig(pairs=pairs, dataset="folder", data_root=str(tmp_path)))  # data first, then pairs
     with pytest.raises(ValueError, match="pairs must be one of"):
         validate(TrainConfig(pairs="frames"))
 

@@ -33,6 +33,10 @@ class TrainConfig:
     pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) | motion (synth: two frames of one subject, same head placement, other yaw and expression, each warped) [ours]
     shared_warp: bool = False  # [ours] views | motion: warp both views with the same spline (they then differ only by the change between the views)
     synth_pose: str = "wild"  # synth only: wild (AFLW-like poses) | aligned (MAFL-like: near-fixed eyes, larger faces)
+    frame_gap_min: int = 3  # video only: fewest frames between the two frames of a pair (clipped to each clip's length)
+    frame_gap_max: int = 40  # video only: most frames between the two frames of a pair
+    video_crop: str = "none"  # video only: none (the whole frame resized to a square) | center (the largest centred square)
+    video_cache: str = ""  # video only: folder of the decoded-frame cache (default <data_root>/.fastlmk-cache)
     # --- model (method.md section 3) ---
     method: str = "inter-intra"  # inter-intra (the seed paper) | intra (IMM/SAIC baseline)
     num_landmarks: int = 10  # K, the number of discovered landmarks
@@ -81,6 +85,9 @@ class TrainConfig:
     threads: int = 0  # CPU threads of torch (0 = auto: the cores not busy by the 1-minute load average; 1 is much faster on an oversubscribed machine)
     seed: int = 0  # seeds model init, data order, TPS warps and auxiliary subjects
     max_minutes: float = 0.0  # stop training (checkpoint, then evaluate) after this wall time; 0 = no limit
+    recipe: str = ""  # frames | stills: what pairs the data gives (fastlmk.training.recipe; set by the command line, "" = derive it)
+    budget_fit: bool = False  # [ours] at start-up, time this machine and fit the recipe to max_minutes (fastlmk.training.recipe.fit_budget); turned off once fitted
+    recipe_note: str = ""  # what the budget fit measured and decided (written by the run; a resume keeps its schedule)
     # --- output ---
     out_dir: str = "runs"  # parent of the run directories
     run_name: str = ""  # run directory name (default: <date>-<time>-<dataset>-<method>)
@@ -111,6 +118,9 @@ class TrainConfig:
         kw = {"size": self.image_size}
         if (name or self.dataset) == "synth":
             kw["pose"] = self.synth_pose
+        if (name or self.dataset) == "video":
+            kw.update(frame_gap=(self.frame_gap_min, self.frame_gap_max), crop=self.video_crop,
+                      cache_dir=self.video_cache or None, seed=self.seed)
         return kw
 
 
@@ -127,8 +137,10 @@ def preset(name: str, cuda: bool = False) -> TrainConfig:
         # SynthFaces' MAFL-like `aligned` regime, the field's headline benchmark (`wild` is one flag away).
         # max_minutes 14: the default run took 11m43s of training + 14 s of evaluation as a newcomer runs it
         # (idle VM, 2 threads, K = 30, 2026-12-06); the cap keeps a slower machine's whole run near 15 min.
+        # budget_fit: a slower machine gets the rung of recipe.LADDER that fits the budget instead of being
+        # cut by the cap inside the warm-up (issue 22: one core, 16.73 % after a cut at step ~670).
         budget = dict(synth_pose="aligned", max_minutes=14.0, temperature=1.0, gaussian_std=1.0, beta1=0.9,
-                      weight_decay=0.0)
+                      weight_decay=0.0, budget_fit=True)
         if name == "cpu-paper":  # that budget with the paper's objective (IMM's warps, no added terms):
             # 700 inter-intra steps, ~1.0 s/step on the idle 2-core VM -> the cpu preset's training time
             return TrainConfig(preset="cpu-paper", steps=700, **budget)
@@ -228,11 +240,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from fastlmk.data.synth import POSES
 
     need(cfg.synth_pose in POSES, f"synth_pose must be one of {POSES}, got {cfg.synth_pose!r}")
+    check_data(cfg)  # the user's data first: a missing directory is reported before any pairs rule
     need(cfg.pairs in PAIRS, f"pairs must be one of {PAIRS}, got {cfg.pairs!r}")
     need(cfg.pairs in TWO_VIEW_PAIRS or not cfg.shared_warp,
          f"shared_warp needs pairs={' or '.join(map(repr, TWO_VIEW_PAIRS))} (two warps of one image with one spline would be the same image)")
-    need(cfg.pairs == "warps" or cfg.dataset == "synth",
-         f"pairs={cfg.pairs!r} needs dataset 'synth' (subjects with several views), got {cfg.dataset!r}")
+    need(cfg.pairs == "warps" or cfg.dataset == "synth" or (cfg.dataset == "video" and cfg.pairs == "motion"),
+         f"pairs={cfg.pairs!r} needs several frames of one face (dataset 'synth'{', or video' if cfg.pairs == 'motion' else ''}), "
+         f"got {cfg.dataset!r}, one image per face: its pairs are --pairs warps (the still recipe, which "
+         f"python -m fastlmk.train picks for it when --pairs is not given)")
     need(cfg.eval_split in ("test", "val"), f"eval_split must be test or val, got {cfg.eval_split!r}")
     need(cfg.equivariance_weight >= 0, f"equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
     need(cfg.separation_weight >= 0, f"separation_weight must be >= 0, got {cfg.separation_weight}")
@@ -283,6 +298,18 @@ def check_numbers(cfg: TrainConfig) -> None:
             lo_s = "" if lo is None else f"{'>=' if lo_in else '>'} {lo}"
             hi_s = "" if hi is None else f"{'<=' if hi_in else '<'} {hi}"
             raise ValueError(f"{_flag(name)} must be {' and '.join(x for x in (lo_s, hi_s) if x)}, got {v}")
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """--dataset and --data-root: a known name, and the directory every data set but synth reads."""
+    from fastlmk.data import DATASETS
+
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"--dataset: unknown data set {cfg.dataset!r}; valid names: {', '.join(DATASETS)}")
+    if cfg.dataset != "synth" and not cfg.data_root:
+        raise FileNotFoundError(f"--dataset {cfg.dataset} needs --data-root DIR (the directory of its files)")
+    if cfg.dataset != "synth" and not os.path.isdir(cfg.data_root):
+        raise FileNotFoundError(f"--data-root: no such directory: {cfg.data_root}")
 
 
 def check_names(cfg: TrainConfig) -> None:
@@ -359,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None, cuda: bool = False, base: TrainConfig | None = None):
     """-> (TrainConfig, resume path or None). ``base`` replaces the preset (used on resume)."""
+    cfg, resume, _ = parse_command(argv, cuda, base)
+    return cfg, resume
+
+
+def parse_command(argv=None, cuda: bool = False, base: TrainConfig | None = None):
+    """-> (TrainConfig, resume path or None, the config keys the user gave in flags or the file)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -372,7 +405,10 @@ def parse_args(argv=None, cuda: bool = False, base: TrainConfig | None = None):
         raise SystemExit("error: --preset cannot be combined with --resume (the run keeps its config; "
                          "change single keys with their flags)")
     cfg = base if base is not None else preset(name or "auto", cuda)
+    given = set(args)
     if file:
-        cfg = apply_overrides(cfg, load_file(file), where=file)
+        data = load_file(file)
+        given |= set(data)
+        cfg = apply_overrides(cfg, data, where=file)
     cfg = apply_overrides(cfg, args, where="the command line")
-    return cfg, resume
+    return cfg, resume, given

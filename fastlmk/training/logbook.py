@@ -16,13 +16,12 @@ import torch
 from fastlmk.training.config import TrainConfig
 from fastlmk.training.losses import LOSS_TERMS
 from fastlmk.training.model import step_method
+# the forecast of a run with an intra warm-up times intra steps and scales the rest by the cost of
+# an inter-intra step in intra steps (measured; the budget fit uses the same figure)
+from fastlmk.training.recipe import INTER_INTRA_COST
 
 LOG_FIELDS = ["step", *LOSS_TERMS, "lr", "images_per_s", "elapsed_s"]  # the columns of log.csv
 TIMED_STEPS = 5  # the warm-up forecast times steps 2..6 of a process (the first allocates / compiles)
-# an inter-intra step's cost in intra steps (two detector and four generator passes instead of one
-# and one): 2.14 measured with motion pairs (WMA0, docs/training.md: 0.49 vs 1.05 s/step, 2 threads,
-# 2026-12-06); the forecast of a run with an intra warm-up times intra steps and scales the rest
-INTER_INTRA_COST = 2.15
 
 
 def fmt_time(s: float) -> str:
@@ -98,7 +97,10 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
         n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000)
         msg += f" + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation"
     if scaled:
-        msg += f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step)"
+        warm_s = sum(cost[:cfg.intra_warmup - step])
+        msg += (f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step; phases: intra warm-up "
+                f"to step {cfg.intra_warmup} ~{fmt_time(warm_s)}, then inter-intra to step {cfg.steps} "
+                f"~{fmt_time(t_left - warm_s)})")
     cap = 60 * cfg.max_minutes - elapsed
     if cfg.max_minutes and t_left > cap:
         done, t = 0, 0.0

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from fastlmk.training import checkpoint as ckpt_io
+from fastlmk.training import recipe
 from fastlmk.training.config import TWO_VIEW_PAIRS, TrainConfig, validate
 from fastlmk.training.logbook import (LossWindow, RunLog, WarmupTimer, _optional, fmt_time, forecast, loss_values,
                                       seconds_per_image)
@@ -53,7 +54,17 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     run_dir, continued = plan_run_dir(cfg, state) if procs.master else ("", state is not None)
 
     # ---- data: images from the data set, pairs made on the training device ----
+    if not cfg.recipe:  # a config made in Python: name its data kind for the start line
+        cfg = dataclasses.replace(cfg, recipe=recipe.data_kind(cfg.dataset, cfg.pairs))
     dataset, make_pairs = training_data(cfg, procs.world)
+
+    # ---- the budget: what max_minutes buys on this machine (fastlmk.training.recipe; a resumed
+    # run keeps the schedule its checkpoint's config holds) ----
+    if cfg.budget_fit and cfg.max_minutes > 0 and state is None:
+        fitted = fit_to_budget(cfg, dataset, make_pairs, procs, autocast)
+        if fitted.image_size != cfg.image_size:
+            dataset, make_pairs = training_data(fitted, procs.world)
+        cfg = fitted
 
     # ---- model: detector D, generator P, one Adam over both (method.md section 4); the loss ----
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -75,7 +86,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if procs.master:
         run_dir = open_run_dir(run_dir, continued, unique=not (cfg.run_name and state is None), cfg=cfg)
         book = RunLog(run_dir, step, continued, cfg.tensorboard)
-        print(describe(cfg, run_dir, procs, step, use_amp), flush=True)
+        print(describe(cfg, run_dir, procs, step, use_amp, data_note=getattr(dataset, "summary", lambda: "")()),
+              flush=True)
         if progress:
             book.start_progress(step, cfg.steps)
 
@@ -88,25 +100,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     window, timer, last = LossWindow(), WarmupTimer(step), None
     with StopFlag() as stop:
         while step < cfg.steps:
-            batch = next(batches)
-            images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
-            # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
-            second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
-            pairs = make_pairs(images, generator=streams.pairs, second=second,
-                               equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
-            # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
-            aux = core.begin_step(step, images.shape[0], streams.aux)
-            # 3-4. detector and generator passes (fastlmk.training.model.LandmarkAutoencoder)
-            with autocast:
-                out = forward(pairs.x, pairs.x_prime, aux, pairs.x_eq)
-            # 5. loss: masked MSE + perceptual on each reconstruction (+ [ours] terms), in float32
-            losses = objective(out, pairs)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if cfg.grad_clip > 0:  # detector and generator clipped separately
-                torch.nn.utils.clip_grad_norm_(core.detector.parameters(), cfg.grad_clip)
-                torch.nn.utils.clip_grad_norm_(core.generator.parameters(), cfg.grad_clip)
-            optimizer.step()
+            images, pairs, out, losses = train_step(cfg, core, forward, objective, optimizer, make_pairs, streams,
+                                                    next(batches), step, device, autocast)
             scheduler.step()
             step += 1
 
@@ -146,6 +141,30 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if procs.ddp:
         dist.barrier()
     return result
+
+
+def train_step(cfg: TrainConfig, core: LandmarkAutoencoder, forward, objective: TrainingLoss, optimizer, make_pairs,
+               streams: RandomStreams, batch: dict, step: int, device, autocast):
+    """One optimisation step (0-based ``step``) on ``batch``; -> (images, pairs, out, losses)."""
+    images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
+    # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
+    second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
+    pairs = make_pairs(images, generator=streams.pairs, second=second,
+                       equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
+    # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
+    aux = core.begin_step(step, images.shape[0], streams.aux)
+    # 3-4. detector and generator passes (fastlmk.training.model.LandmarkAutoencoder)
+    with autocast:
+        out = forward(pairs.x, pairs.x_prime, aux, pairs.x_eq)
+    # 5. loss: masked MSE + perceptual on each reconstruction (+ [ours] terms), in float32
+    losses = objective(out, pairs)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if cfg.grad_clip > 0:  # detector and generator clipped separately
+        torch.nn.utils.clip_grad_norm_(core.detector.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(core.generator.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return images, pairs, out, losses
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +261,10 @@ def training_data(cfg: TrainConfig, world: int):
         kw["static_pose"] = cfg.pairs == "motion"
         if cfg.train_length:
             kw["length"] = cfg.train_length
+    if cfg.dataset == "video":  # decodes new clips into its cache (a progress bar), once
+        kw["progress"] = True
     dataset = build_dataset(cfg.dataset, cfg.data_root or None, split="train", **kw)
-    if cfg.pairs in TWO_VIEW_PAIRS:  # [ours]
+    if cfg.pairs in TWO_VIEW_PAIRS and cfg.dataset == "synth":  # [ours] (a video data set's items are frame pairs)
         dataset = ViewPairs(dataset)
     if len(dataset) < cfg.batch_size * world:
         raise ValueError(f"dataset {cfg.dataset!r} has {len(dataset)} images, fewer than one global batch "
@@ -252,6 +273,24 @@ def training_data(cfg: TrainConfig, world: int):
                           translation_std=cfg.translation_std, warp_std=cfg.warp_std,
                           extra_warp_prob=cfg.extra_warp_prob, mask_margin=cfg.mask_margin, backend=cfg.backend)
     return dataset, make_pairs
+
+
+def fit_to_budget(cfg: TrainConfig, dataset, make_pairs, procs: Processes, autocast) -> TrainConfig:
+    """Time intra steps of a throw-away copy of this run's model on its data (the warm-up's step;
+    its own random streams, before the run seeds anything) and fit the recipe to ``max_minutes``
+    (:func:`fastlmk.training.recipe.fit_budget`). Several processes: not fitted (each would time
+    its own share), said in the note."""
+    if procs.ddp:
+        return dataclasses.replace(cfg, budget_fit=False, recipe_note="budget fit skipped: several processes")
+    probe = dataclasses.replace(cfg, intra_warmup=cfg.steps)  # every step intra: what the warm-up costs
+    model = LandmarkAutoencoder.from_config(probe).to(procs.device)
+    objective = TrainingLoss.from_config(probe).to(procs.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    streams = RandomStreams(cfg.seed + 1, procs.rank, procs.device)
+    batches = batch_stream(dataset, cfg, procs, 0)
+    per_step = recipe.calibrate(lambda batch: train_step(probe, model, model, objective, optimizer, make_pairs,
+                                                         streams, batch, 0, procs.device, autocast), batches)
+    return recipe.fit_budget(cfg, per_step, 60 * cfg.max_minutes)
 
 
 class RandomStreams:
@@ -317,8 +356,9 @@ def batch_stream(dataset, cfg: TrainConfig, procs: Processes, start_step: int):
         epoch, skip = epoch + 1, 0
 
 
-def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_amp: bool) -> str:
-    """The lines printed when a run starts."""
+def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_amp: bool, data_note: str = "") -> str:
+    """The lines printed when a run starts. ``data_note``: the data set's own summary line (videos:
+    clips, frames, skips, decoding throughput)."""
     method = cfg.method
     if cfg.method == "inter-intra" and 0 < cfg.intra_warmup < cfg.steps:
         method = f"intra warm-up to step {cfg.intra_warmup}, then inter-intra"
@@ -326,7 +366,9 @@ def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_am
         method = f"intra (warm-up of {cfg.intra_warmup} steps >= steps: no inter-intra step)"
     pairs = "" if cfg.pairs == "warps" else f", {cfg.pairs} pairs{' (one spline)' if cfg.shared_warp else ''}"
     data = f"{cfg.dataset} ({cfg.synth_pose})" if cfg.dataset == "synth" else cfg.dataset
-    return (f"run directory: {run_dir}\n{procs.world} process(es) on {procs.device}, {data}, {method}{pairs}, "
+    fit = f"\nbudget ({cfg.max_minutes:g} min): {cfg.recipe_note}" if cfg.recipe_note else ""
+    found = f"\n{cfg.dataset}: {data_note}" if data_note else ""
+    return (f"run directory: {run_dir}\n{recipe.why(cfg)}{found}{fit}\n{procs.world} process(es) on {procs.device}, {data}, {method}{pairs}, "
             f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px, batch "
             f"{cfg.batch_size}x{procs.world}, perceptual={cfg.perceptual}, backend={cfg.backend}"
             f"{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}"
@@ -389,6 +431,8 @@ def finish(cfg: TrainConfig, detector: Detector, run_dir: str, step: int, device
 def eval_sets(cfg: TrainConfig, build_dataset):
     """(train_set, test_set) with ground-truth landmarks for the final evaluation, or None."""
     name = cfg.eval_dataset or {"synth": "synth", "celeba": "mafl"}.get(cfg.dataset, cfg.dataset)
+    if name == "video":  # clips have no test split: --eval-dataset synth or an annotated folder
+        return None
     root = cfg.eval_data_root or cfg.data_root or None
     kw = cfg.dataset_kwargs(name)
     if name == "folder":  # its annotated images (landmarks.csv), split into a fit and a test part; none: None
@@ -416,8 +460,8 @@ def evaluate(detector: Detector, cfg: TrainConfig, run_dir: str, device) -> dict
 
     sets = eval_sets(cfg, build_dataset)
     if sets is None:
-        print(f"no annotated evaluation set for dataset {cfg.dataset!r} (a folder needs a landmarks.csv: "
-              f"docs/data.md); skipping the evaluation")
+        print(f"no annotated evaluation set for dataset {cfg.dataset!r} (give --eval-dataset synth, or a folder "
+              f"with a landmarks.csv: docs/data.md); skipping the evaluation")
         return None
     detector.eval()
     t0 = time.time()

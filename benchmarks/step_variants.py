@@ -1,0 +1,133 @@
+"""The CPU training step, today's against candidate speed-ups, interleaved in one process.
+
+Every variant runs ``fastlmk.training.loop.train_step`` -- the step ``python -m fastlmk.train``
+runs, data rendering included -- on the default preset's model and data (SynthFaces aligned, two
+frames per item), each with its own model, optimizer and data stream. Round by round each variant
+takes one step, so that load from other processes on a shared machine hits all of them alike; the
+table gives the median seconds per step and the ratio to ``today`` in the same run.
+
+    PYTHONPATH=. python benchmarks/step_variants.py [--rounds 12] [--threads 1] [--method intra]
+        [--variants today,prefetch,channels_last,compile,reference,48px]
+
+Variants (all start from the ``cpu`` preset):
+
+* ``today``: the step as it is (eager, fused kernels, rendering inline).
+* ``prefetch``: the next batch rendered in a background thread while this step computes.
+* ``channels_last``: model and inputs in ``torch.channels_last``.
+* ``compile``: ``torch.compile`` of the model (inductor on the CPU: fuses batch norm, ReLU and
+  the other elementwise ops into generated C++ loops; compiled before the timed rounds).
+* ``reference``: the same step with ``backend="reference"`` (the pure-PyTorch ops): the
+  fused-vs-reference figure for a whole step.
+* ``48px``: the budget fit's smaller rung (``--image-size 48``), not the same computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import queue
+import statistics
+import threading
+import time
+
+import torch
+
+from fastlmk.training.config import preset, validate
+from fastlmk.training.losses import FALLBACK, TrainingLoss
+from fastlmk.training.loop import Processes, RandomStreams, batch_stream, train_step, training_data
+from fastlmk.training.model import LandmarkAutoencoder
+
+VARIANTS = ("today", "prefetch", "channels_last", "compile", "reference", "48px")
+
+
+def prefetched(batches, depth: int = 2):
+    """Iterate ``batches`` in a background thread, ``depth`` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def fill():
+        for b in batches:
+            q.put(b)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while True:
+        yield q.get()
+
+
+def make_variant(name: str, base, procs: Processes):
+    """-> a function running one training step of variant ``name`` (returns the loss)."""
+    cfg = dataclasses.replace(base, perceptual=FALLBACK, intra_warmup=base.intra_warmup)
+    if name == "reference":
+        cfg = dataclasses.replace(cfg, backend="reference")
+    if name == "48px":
+        cfg = dataclasses.replace(cfg, image_size=48)
+    validate(cfg)
+    dataset, make_pairs = training_data(cfg, 1)
+    torch.manual_seed(cfg.seed)
+    model = LandmarkAutoencoder.from_config(cfg)
+    fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    objective = TrainingLoss.from_config(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    streams = RandomStreams(cfg.seed, 0, procs.device)
+    batches = batch_stream(dataset, cfg, procs, 0)
+    if name == "prefetch":
+        batches = prefetched(batches)
+    forward = torch.compile(model) if name == "compile" else model
+    step = {"n": 0}
+
+    def run():
+        batch = next(batches)
+        if fmt is torch.channels_last:
+            batch = {k: v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4 else v
+                     for k, v in batch.items()}
+        losses = train_step(cfg, model, forward, objective, optimizer, make_pairs, streams, batch, step["n"],
+                            procs.device, contextlib.nullcontext())[3]
+        step["n"] += 1
+        return float(losses["loss"])
+
+    return run
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compile happens here)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--method", default="intra", choices=("intra", "inter-intra"),
+                   help="the step timed: intra (the warm-up's) or inter-intra")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    args = p.parse_args()
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or "today" not in names:
+        raise SystemExit(f"error: --variants must include today and be among {', '.join(VARIANTS)}, got {args.variants}")
+    torch.set_num_threads(args.threads)
+    base = preset("cpu")
+    base = dataclasses.replace(base, intra_warmup=base.steps if args.method == "intra" else 0, threads=args.threads)
+    procs = Processes(world=1, rank=0, local_rank=0, device=torch.device("cpu"), threads=args.threads)
+    steps = {}
+    for n in names:
+        t0 = time.perf_counter()
+        steps[n] = make_variant(n, base, procs)
+        for _ in range(args.warmup):
+            steps[n]()
+        print(f"{n}: set up and {args.warmup} warm-up steps in {time.perf_counter() - t0:.1f} s", flush=True)
+    times = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[n].append(time.perf_counter() - t0)
+    today = statistics.median(times["today"])
+    print(f"\ncpu preset, {args.method} step, batch {base.batch_size}, K={base.num_landmarks}, {args.threads} thread(s), "
+          f"{args.rounds} interleaved rounds")
+    print("| variant | median s/step | p20 | p80 | time / today |")
+    print("|---|---:|---:|---:|---:|")
+    for n, ts in times.items():
+        q = statistics.quantiles(ts, n=5)
+        print(f"| {n} | {statistics.median(ts):.3f} | {q[0]:.3f} | {q[3]:.3f} | {statistics.median(ts) / today:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The recipe (fastlmk/training/recipe.py): the data's kind and the time budget -> the run's settings."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastlmk.training import recipe
+from fastlmk.training.config import parse_command, preset, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_data_kind_frames_only_when_the_data_gives_two_frames_of_one_face():
+    assert recipe.data_kind("synth", "motion") == "frames"
+    assert recipe.data_kind("synth", "views") == "frames"
+    assert recipe.data_kind("synth", "warps") == "stills"
+    assert recipe.data_kind("video", "motion") == "frames"
+    for name in ("folder", "celeba", "aflw_zhang", "aflw_thewlis", "mafl"):
+        assert recipe.data_kind(name, "warps") == "stills"
+
+
+def test_the_cpu_preset_picks_the_still_recipe_for_single_images_unless_told(tmp_path):
+    cfg, _, given = parse_command(["--dataset", "folder", "--data-root", str(tmp_path)])
+    assert cfg.pairs == "motion" and given == {"dataset", "data_root"}  # the preset's frame recipe, before
+    still = recipe.for_data(cfg, given)
+    assert (still.recipe, still.pairs, still.shared_warp) == ("stills", "warps", False)
+    for k, v in recipe.STILL_RECIPE.items():
+        assert getattr(still, k) == v
+    validate(still)  # a valid run: no pairs error
+    # everything else is the preset's
+    assert dataclasses.replace(still, pairs=cfg.pairs, shared_warp=cfg.shared_warp, recipe="") == cfg
+    # SynthFaces keeps the frame recipe; asking it for warps gives the still recipe
+    synth = recipe.for_data(*parse_command([])[::2])
+    assert (synth.recipe, synth.pairs, synth.shared_warp) == ("frames", "motion", True)
+    warps = recipe.for_data(*parse_command(["--pairs", "warps"])[::2])
+    assert (warps.recipe, warps.pairs, warps.shared_warp) == ("stills", "warps", False)
+    # the user's keys win, and other presets are left alone
+    told = recipe.for_data(*parse_command(["--dataset", "folder", "--data-root", str(tmp_path), "--pairs", "motion"])[::2])
+    assert told.pairs == "motion"
+    with pytest.raises(ValueError, match="one image per face"):
+        validate(told)
+    paper = recipe.for_data(*parse_command(["--preset", "cpu-paper", "--dataset", "folder", "--data-root", str(tmp_path)])[::2])
+    assert paper.pairs == "warps" and paper.recipe == "stills"
+
+
+def test_keys_from_a_config_file_count_as_given(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"pairs": "motion", "steps": 7}))
+    cfg, _, given = parse_command(["--config", str(f), "--seed", "3"])
+    assert given == {"pairs", "steps", "seed"} and cfg.steps == 7
+
+
+def test_the_users_data_is_checked_before_any_pairs_rule(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--dataset folder needs --data-root"):
+        validate(preset("cpu").__class__(**{**preset("cpu").to_dict(), "dataset": "folder"}))
+    missing = str(tmp_path / "nope")
+    cfg, _, given = parse_command(["--dataset", "celeba", "--data-root", missing])
+    with pytest.raises(FileNotFoundError, match=f"--data-root: no such directory: {missing}"):
+        validate(cfg)  # the preset's motion pairs would fail too; the data is named first
+
+
+def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_takes_the_next_rung():
+    cfg = preset("cpu")  # 1000 intra + 200 inter-intra steps, 14 min
+    budget = 60 * cfg.max_minutes
+    fast = recipe.fit_budget(cfg, 0.46, budget)
+    assert dataclasses.replace(fast, recipe_note="", budget_fit=True) == cfg  # unchanged: same result as before
+    assert not fast.budget_fit and "kept" in fast.recipe_note
+    half = recipe.fit_budget(cfg, 0.93, budget)  # one core of the 2-core VM
+    rel = dict(recipe.LADDER)[48]
+    assert (half.image_size, half.steps, half.intra_warmup) == (48, cfg.steps, cfg.intra_warmup)
+    assert recipe.predicted_seconds(half, 0.93 * rel) <= recipe.MARGIN * budget
+    assert "48 px" in half.recipe_note and not half.budget_fit
+    slow = recipe.fit_budget(cfg, 1.6, budget)  # even 48 px does not fit: both phases shortened
+    assert slow.image_size == 48 and slow.steps < cfg.steps
+    assert slow.intra_warmup % recipe.ROUND == 0 and slow.intra_warmup > 0 and (slow.steps - slow.intra_warmup) % recipe.ROUND == 0
+    assert slow.steps - slow.intra_warmup >= recipe.ROUND  # it still reaches the inter-intra phase
+    assert recipe.predicted_seconds(slow, 1.6 * rel) <= recipe.MARGIN * budget
+    assert f"{slow.intra_warmup} intra + {slow.steps - slow.intra_warmup} inter-intra steps" in slow.recipe_note
+    # a size without rungs below it is kept, and the note says the cap will stop it
+    odd = recipe.fit_budget(dataclasses.replace(cfg, image_size=32), 5.0, budget)
+    assert odd.image_size == 32 and odd.steps == cfg.steps and "will stop it early" in odd.recipe_note
+
+
+def test_predicted_seconds_counts_inter_intra_steps_at_their_cost():
+    cfg = dataclasses.replace(preset("cpu"), steps=100, intra_warmup=60)
+    assert recipe.predicted_seconds(cfg, 1.0) == pytest.approx(60 + 40 * recipe.INTER_INTRA_COST)
+    assert recipe.predicted_seconds(cfg, 1.0, start=80) == pytest.approx(20 * recipe.INTER_INTRA_COST)
+    assert recipe.predicted_seconds(dataclasses.replace(cfg, method="intra"), 1.0) == pytest.approx(100)
+
+
+def _train(args, cwd, timeout=300, env=None):
+    e = dict(os.environ, **(env or {}))
+    e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "fastlmk.train", "--threads", "1", "--sample-every", "0",
+                           "--out-dir", str(cwd), *args], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "log.csv")) as f:
+        return [row["loss"] for row in csv.DictReader(f)]
+
+
+def test_a_folder_of_photos_trains_with_no_further_flag_and_says_why(tmp_path):
+    root = tmp_path / "faces"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"{i:02d}.png")
+    r = _train(["--dataset", "folder", "--data-root", str(root), "--steps", "2", "--batch-size", "4", "--no-eval",
+                "--run-name", "f"], tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    assert "recipe: stills (folder gives one image per face; x, x' = two TPS warps of one image)" in r.stdout
+    cfg = json.load(open(tmp_path / "runs" / "f" / "config.json"))
+    assert (cfg["recipe"], cfg["pairs"], cfg["shared_warp"]) == ("stills", "warps", False)
+    # a missing directory is named before anything else, and nothing is written
+    r = _train(["--dataset", "folder", "--data-root", str(tmp_path / "gone")], tmp_path / "runs2")
+    assert r.returncode == 2 and "--data-root: no such directory" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs2").exists()
+
+
+def test_the_budget_fit_leaves_the_run_as_it_was_when_it_fits(tmp_path):
+    """Timing the machine must not change what a run computes: same seed -> same losses."""
+    common = ["--steps", "3", "--log-every", "1", "--no-eval", "--batch-size", "4", "--train-length", "64"]
+    a = _train([*common, "--no-budget-fit", "--run-name", "a"], tmp_path)
+    b = _train([*common, "--budget-fit", "--max-minutes", "14", "--run-name", "b"], tmp_path)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert "budget (14 min): timed" in b.stdout and "kept" in b.stdout
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    fitted = json.load(open(tmp_path / "b" / "config.json"))
+    assert fitted["budget_fit"] is False and "kept" in fitted["recipe_note"]
+
+
+def test_a_fitted_schedule_is_stored_in_the_run_and_a_resume_continues_it(tmp_path, monkeypatch):
+    from fastlmk.training import checkpoint as ckpt_io
+    from fastlmk.training.config import TrainConfig
+    from fastlmk.training.loop import train
+
+    slow = {"n": 0}
+
+    def fake_calibrate(step_fn, batches, steps=3):
+        slow["n"] += 1
+        step_fn(next(batches))  # the probe step runs
+        return 10.0  # a very slow machine: 10 s per intra step
+
+    monkeypatch.setattr(recipe, "calibrate", fake_calibrate)
+    cfg = dataclasses.replace(preset("cpu"), batch_size=4, train_length=64, eval=False, sample_every=0, threads=1,
+                              max_minutes=0.5, steps=12, intra_warmup=8, out_dir=str(tmp_path), run_name="fit",
+                              recipe="frames")
+    torch.set_num_threads(1)
+    result = train(cfg, progress=False)
+    assert slow["n"] == 1
+    stored = ckpt_io.config_of(ckpt_io.load_checkpoint(str(tmp_path / "fit")))
+    assert stored.image_size == 48 and not stored.budget_fit and stored.steps < 12
+    assert "48 px and" in stored.recipe_note
+    assert result["step"] <= stored.steps
+    # a resume continues the stored schedule; nothing is timed again
+    resumed = dataclasses.replace(stored, steps=stored.steps + 1, max_minutes=0.0)
+    train(resumed, resume=str(tmp_path / "fit"), progress=False)
+    assert slow["n"] == 1
+    assert json.load(open(tmp_path / "fit" / "config.json"))["image_size"] == 48
+
+
+def test_a_folder_of_clips_trains_with_the_frame_recipe_and_names_what_it_found(tmp_path):
+    pytest.importorskip("av")
+    from fastlmk.data.synth_clips import export_clips
+
+    export_clips(tmp_path / "clips", num=4, frames=12, size=32)
+    r = _train(["--dataset", "video", "--data-root", str(tmp_path / "clips"), "--steps", "2", "--batch-size", "4",
+                "--image-size", "32", "--run-name", "v", "--eval-train-size", "8", "--eval-test-size", "8"],
+               tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    assert "recipe: frames (a video data set: two frames of one clip; x, x' = two frames, one spline)" in r.stdout
+    assert "video: 4 clips, 48 frames at 32px" in r.stdout
+    assert "no annotated evaluation set for dataset 'video' (give --eval-dataset synth" in r.stdout
+    cfg = json.load(open(tmp_path / "runs" / "v" / "config.json"))
+    assert (cfg["recipe"], cfg["pairs"], cfg["shared_warp"]) == ("frames", "motion", True)
