@@ -125,7 +125,16 @@ def _fake_tools(tmp_path, gpu_caps):
     return env
 
 
+def _setuptools_major():
+    try:
+        import setuptools
+    except ImportError:
+        return 0
+    return int(setuptools.__version__.split(".")[0])
+
+
 @pytest.mark.skipif(not (REPO / "setup.py").is_file(), reason="needs the source checkout's setup.py")
+@pytest.mark.skipif(_setuptools_major() < 77, reason="setup.py needs setuptools >= 77 ([build-system] of pyproject.toml)")
 @pytest.mark.parametrize("arch_env, expected", [
     (None, "fastlmk: CUDA code for sm_75, sm_80, sm_90 and PTX compute_90 (FASTLMK_CUDA_ARCHS unset: "
            "the defaults 80;90 plus this machine's GPUs (7.5))"),
