@@ -84,7 +84,7 @@ def make_variant(name: str, base, procs: Processes):
         losses = train_step(cfg, model, forward, objective, optimizer, make_pairs, streams, batch, step["n"],
                             procs.device, contextlib.nullcontext())[3]
         step["n"] += 1
-        return float(losses["loss"])
+        return losses["loss"].item()
 
     return run
 

@@ -73,7 +73,9 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_takes_the_next_rung
     fast = recipe.fit_budget(cfg, 0.46, budget)
     assert dataclasses.replace(fast, recipe_note="", budget_fit=True) == cfg  # unchanged: same result as before
     assert not fast.budget_fit and "kept" in fast.recipe_note
-    half = recipe.fit_budget(cfg, 0.93, budget)  # one core of the 2-core VM
+    late = recipe.fit_budget(cfg, 0.62, budget)  # the warm-up fits, the cap cuts the inter-intra phase: kept
+    assert (late.image_size, late.steps) == (64, cfg.steps) and "stops it near step 1" in late.recipe_note
+    half = recipe.fit_budget(cfg, 0.93, budget)  # one core of the 2-core VM: the cap would cut the warm-up
     rel = dict(recipe.LADDER)[48]
     assert (half.image_size, half.steps, half.intra_warmup) == (48, cfg.steps, cfg.intra_warmup)
     assert recipe.predicted_seconds(half, 0.93 * rel) <= recipe.MARGIN * budget

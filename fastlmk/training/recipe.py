@@ -17,13 +17,16 @@ written:
    steps of its own model on its own data (:func:`calibrate`) and predicts the whole schedule
    (inter-intra steps cost ``INTER_INTRA_COST`` intra steps). If it fits, nothing changes: same
    machine, same seed, same threads, same result. If not, it takes the first rung of
-   :data:`LADDER` that fits -- a smaller image side with the same schedule, measured to keep the
-   result -- and, when even the last rung does not fit, that rung with the warm-up and the
+   :data:`LADDER` that fits -- a smaller image side with the same schedule -- and, when even the
+   last rung does not fit, that rung with the warm-up and the
    inter-intra phase shortened in proportion (step counts rounded down to multiples of
    ``ROUND``), so that the run still reaches its inter-intra phase instead of being cut inside
    the warm-up. The decision is written into the config (``image_size``, ``steps``,
    ``intra_warmup``, ``recipe_note``) with ``budget_fit`` turned off, so the checkpoints carry
-   it and ``--resume`` continues the same schedule without timing again.
+   it and ``--resume`` continues the same schedule without timing again. A schedule whose
+   warm-up fits but whose inter-intra phase the cap would cut is kept (a late cut measured
+   better than the smaller rung). What each choice gives is measured in docs/recipe.md: no
+   rung keeps the full-speed result at half the speed.
 """
 
 from __future__ import annotations
@@ -47,7 +50,12 @@ STILL_RECIPE = dict(pairs="warps", shared_warp=False)
 # one and one): measured with motion pairs, 0.49 vs 1.05 s/step, 2 threads (docs/training.md, WMA0).
 INTER_INTRA_COST = 2.15
 # Rungs of the budget fit, cheapest last: (image side, step time relative to 64 px). 48 px: an
-# intra step of the cpu preset, 1 thread, interleaved in one process (benchmarks/step_variants.py).
+# intra step of the cpu preset, 1 thread, interleaved in one process (benchmarks/step_variants.py:
+# 0.58-0.66). Measured on the val split (docs/recipe.md): the full schedule at 48 px gave 12.37 /
+# 10.69 % (seeds 0 / 1; 64 px: 6.02 / 4.53); the other ways to halve the compute were worse (batch 8:
+# 18.50; 500 + 100 steps at lr 2e-3: 18.90; a cut inside the warm-up: 16.73, issue 22), and a cut late
+# in the inter-intra phase better (9.49 at step ~1,075, issue 22). So the rung is taken only when the
+# cap would stop the 64 px schedule before its inter-intra phase.
 LADDER = ((64, 1.0), (48, 0.58))
 PINNED = ("image_size", "steps", "intra_warmup")  # set by the user, these switch the budget fit off
 ROUND = 50  # fitted step counts are multiples of this (a few ms of timing noise rarely moves them;
@@ -116,6 +124,12 @@ def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> Trai
              if cfg.image_size in costs and size < cfg.image_size]
     if full <= limit:
         return dataclasses.replace(cfg, **done, recipe_note=f"{note}, within {budget_s / 60:g} min: kept")
+    warm0 = min(cfg.intra_warmup, cfg.steps) if cfg.method == "inter-intra" else 0
+    if 0 < warm0 < cfg.steps and per_intra_step * warm0 <= limit:  # the cap stops it in the inter-intra phase
+        reached = warm0 + int((limit - per_intra_step * warm0) // (per_intra_step * INTER_INTRA_COST))
+        return dataclasses.replace(cfg, **done, recipe_note=(
+            f"{note} > {budget_s / 60:g}: kept; max_minutes stops it near step {reached}, in its inter-intra phase "
+            f"(measured better than a smaller rung there)"))
     if not rungs:
         return dataclasses.replace(cfg, **done, recipe_note=(
             f"{note} > {budget_s / 60:g} min; no smaller rung for {cfg.image_size} px: max_minutes will stop it early"))
@@ -127,7 +141,6 @@ def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> Trai
     size, rel = rungs[-1]
     scale = limit / (full * rel)
     unit = ROUND if cfg.steps >= 10 * ROUND else 1  # short (test) schedules: whole steps
-    warm0 = min(cfg.intra_warmup, cfg.steps) if cfg.method == "inter-intra" else 0
     warm = unit * math.floor(warm0 * scale / unit)
     rest = min(cfg.steps - warm0, max(unit, unit * math.floor((cfg.steps - warm0) * scale / unit)))
     fitted = dataclasses.replace(cfg, **done, image_size=size, steps=warm + rest, intra_warmup=warm)
