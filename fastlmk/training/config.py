@@ -33,7 +33,7 @@ class TrainConfig:
     pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) | motion (synth: two frames of one subject, same head placement, other yaw and expression, each warped) [ours]
     shared_warp: bool = False  # [ours] views | motion: warp both views with the same spline (they then differ only by the change between the views)
     synth_pose: str = "wild"  # synth only: wild (AFLW-like poses) | aligned (MAFL-like: near-fixed eyes, larger faces)
-    frame_gap_min: int = 3  # video only: fewest frames between the two frames of a pair (clipped to each clip's length)
+    frame_gap_min: int = 10  # video only: fewest frames between the two frames of a pair (clipped to each clip's length)
     frame_gap_max: int = 40  # video only: most frames between the two frames of a pair
     video_crop: str = "none"  # video only: none (the whole frame resized to a square) | center (the largest centred square)
     video_cache: str = ""  # video only: folder of the decoded-frame cache (default <data_root>/.fastlmk-cache)
