@@ -147,7 +147,7 @@ def test_a_fitted_schedule_is_stored_in_the_run_and_a_resume_continues_it(tmp_pa
 
     slow = {"n": 0}
 
-    def fake_calibrate(step_fn, batches, steps=3):
+    def fake_calibrate(step_fn, batches, steps=5):
         slow["n"] += 1
         step_fn(next(batches))  # the probe step runs
         return 10.0  # a very slow machine: 10 s per intra step
