@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         sys.exit("error: a video has no frames")
     side = [np.concatenate([c[t] for c in clips], axis=1) for t in range(0, n, a.every)]
     frames = [Image.fromarray(f).convert("P", palette=Image.ADAPTIVE, colors=128) for f in side]
-    frames[0].save(a.gif, save_all=True, append_images=frames[1:], duration=int(1000 * a.every / a.fps / a.every * a.every),
+    frames[0].save(a.gif, save_all=True, append_images=frames[1:], duration=int(1000 * a.every / a.fps),
                    loop=0, optimize=True)
     picks = np.linspace(0, n - 1, a.frames).round().astype(int)
     rows = [np.concatenate([c[t] for t in picks], axis=1) for c in clips]
