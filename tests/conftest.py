@@ -82,6 +82,21 @@ def _seed_global_rng():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def without_av(monkeypatch):
+    """Make ``import av`` fail as it does where PyAV is not installed (the video extra missing)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_av(name, *args, **kw):
+        if name == "av" or name.startswith("av."):
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+
+
 def tolerances(dtype: torch.dtype, grad: bool = False):
     return (GRAD_TOL if grad else TOL)[dtype]
 

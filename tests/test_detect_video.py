@@ -1,7 +1,6 @@
 """Tests of detection on videos (python -m fastlmk.detect on mp4 files and folders of them) and of
 the library API fastlmk.detection (issue 23, item 5)."""
 
-import builtins
 import csv
 import json
 
@@ -116,16 +115,8 @@ def test_bad_videos(tmp_path, standin):
     assert not list(out.glob("*.json")) and not list(out.glob("*.mp4"))
 
 
-def test_detect_video_without_av(tmp_path, standin, monkeypatch):
+def test_detect_video_without_av(tmp_path, standin, without_av):
     clip = write_blob_video(tmp_path / "clip.mp4", 2)
-    real_import = builtins.__import__
-
-    def no_av(name, *args, **kw):
-        if name == "av" or name.startswith("av."):
-            raise ImportError("No module named 'av'")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_av)
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as e:
         detect.main([str(clip), "--checkpoint", str(standin), "--out", str(out)])
