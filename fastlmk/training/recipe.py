@@ -76,9 +76,9 @@ def for_data(cfg: TrainConfig, given: set) -> TrainConfig:
     if cfg.preset == "cpu" and "pairs" not in given:
         if cfg.dataset in FRAME_DATASETS:
             cfg = dataclasses.replace(cfg, pairs="motion")
-        elif cfg.dataset not in MULTI_VIEW_DATASETS:  # one image per face: the still recipe
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in STILL_RECIPE.items() if k not in given})
-    if cfg.preset == "cpu" and cfg.pairs == "warps" and "shared_warp" not in given:
+        elif cfg.dataset not in MULTI_VIEW_DATASETS:  # one image per face: the still recipe (below)
+            cfg = dataclasses.replace(cfg, pairs=STILL_RECIPE["pairs"])
+    if cfg.preset == "cpu" and cfg.pairs == "warps" and "shared_warp" not in given:  # stills, chosen or given
         cfg = dataclasses.replace(cfg, **{k: v for k, v in STILL_RECIPE.items() if k not in given})
     return dataclasses.replace(cfg, recipe=data_kind(cfg.dataset, cfg.pairs))
 
