@@ -82,7 +82,33 @@ def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
     with pytest.raises(FloatingPointError, match="not finite after step 2"):
         train(tiny(tmp_path, "nan"), progress=False)
-    assert ckpt_io.list_checkpoints(str(tmp_path / "runs" / "nan")) == []
+    # nothing was saved, and the new run directory (config.json, log.csv only) is not left behind
+    assert not (tmp_path / "runs" / "nan").exists()
+
+
+def test_a_failure_keeps_a_run_directory_that_holds_a_checkpoint(tmp_path, monkeypatch):
+    """Only a new run's directory without a checkpoint is removed: a run that saved step 1 keeps it,
+    and so does a resumed run (its directory holds the earlier checkpoints)."""
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    run = tmp_path / "runs" / "half"
+    with pytest.raises(FloatingPointError, match="not finite after step 2"):
+        train(tiny(tmp_path, "half", ckpt_every=1), progress=False)
+    assert [os.path.basename(c) for c in ckpt_io.list_checkpoints(str(run))] == ["step_00000001.pt"]
+    calls["n"] = 0  # the resumed run is poisoned again
+    with pytest.raises(FloatingPointError, match="not finite after step|loss is nan"):
+        train(tiny(tmp_path, "half", steps=4), resume=str(run), progress=False)
+    assert run.is_dir() and len(ckpt_io.list_checkpoints(str(run))) >= 1
 
 
 # --- item 8: a new run never writes into an existing directory -----------------------------

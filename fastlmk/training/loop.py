@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -30,7 +31,7 @@ from fastlmk.training.logbook import (LossWindow, RunLog, WarmupTimer, _optional
                                       seconds_per_image)
 from fastlmk.training.losses import FALLBACK, TrainingLoss
 from fastlmk.training.model import Detector, LandmarkAutoencoder
-from fastlmk.training.rundir import open_run_dir, plan_run_dir
+from fastlmk.training.rundir import discard_new_run_dir, open_run_dir, plan_run_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,38 +99,46 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     model.train()
     history, stopped, t_start = [], "", time.time()
     window, timer, last = LossWindow(), WarmupTimer(step), None
-    with StopFlag() as stop:
-        while step < cfg.steps:
-            images, pairs, out, losses = train_step(cfg, core, forward, objective, optimizer, make_pairs, streams,
-                                                    next(batches), step, device, autocast)
-            scheduler.step()
-            step += 1
+    try:  # a failure before the first checkpoint (e.g. a NaN loss at step 2) leaves no new run directory
+        with StopFlag() as stop:
+            while step < cfg.steps:
+                images, pairs, out, losses = train_step(cfg, core, forward, objective, optimizer, make_pairs, streams,
+                                                        next(batches), step, device, autocast)
+                scheduler.step()
+                step += 1
 
-            # ---- bookkeeping ----
-            window.add(loss_values(losses, step), images.shape[0] * procs.world)
-            per_step = timer.tick(step)
-            if per_step is not None and book:
-                book.write(forecast(cfg, step, per_step, seconds_per_image(core.detector, pairs.x), procs.world,
-                                    time.time() - t_start))
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                history.append(window.row(step, scheduler.get_last_lr()[0], t_start))
+                # ---- bookkeeping ----
+                window.add(loss_values(losses, step), images.shape[0] * procs.world)
+                per_step = timer.tick(step)
+                if per_step is not None and book:
+                    book.write(forecast(cfg, step, per_step, seconds_per_image(core.detector, pairs.x), procs.world,
+                                        time.time() - t_start))
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    history.append(window.row(step, scheduler.get_last_lr()[0], t_start))
+                    if book:
+                        book.log(history[-1])
+                    window = LossWindow()
                 if book:
-                    book.log(history[-1])
-                window = LossWindow()
-            if book:
-                book.advance()
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    book.save_samples(step, core.sample_rows(pairs.x, pairs.x_prime, out))
-            last = (pairs, out)
-            if stop_requested(stop, cfg, t_start, procs) and step < cfg.steps:
-                stopped = stop.reason or (f"time limit ({cfg.max_minutes:g} min)" if cfg.max_minutes
-                                          else "another rank stopped")
-                break
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save(step)
-    if book:
-        book.close_progress()
-    save(step)
+                    book.advance()
+                    if cfg.sample_every and step % cfg.sample_every == 0:
+                        book.save_samples(step, core.sample_rows(pairs.x, pairs.x_prime, out))
+                last = (pairs, out)
+                if stop_requested(stop, cfg, t_start, procs) and step < cfg.steps:
+                    stopped = stop.reason or (f"time limit ({cfg.max_minutes:g} min)" if cfg.max_minutes
+                                              else "another rank stopped")
+                    break
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
+                    save(step)
+        if book:
+            book.close_progress()
+        save(step)
+    except Exception:
+        if book:
+            book.close_progress()
+            if not continued and discard_new_run_dir(run_dir):
+                print(f"training failed before its first checkpoint; removed the new run directory {run_dir}",
+                      file=sys.stderr, flush=True)
+        raise
 
     # ---- wrap-up: last samples, loss curve, evaluation (rank 0) ----
     result = {"run_dir": run_dir, "step": step, "history": history, "eval": None, "stopped": stopped, "model": core}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 from fastlmk._cli import output_dir_problem
@@ -99,3 +100,13 @@ def open_run_dir(run_dir: str, continued: bool, unique: bool, cfg: TrainConfig) 
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
     return run_dir
+
+
+def discard_new_run_dir(run_dir: str) -> bool:
+    """Remove a run directory this process created when training failed before its first
+    checkpoint (it holds only config.json, the log and samples of a run that cannot be resumed).
+    A directory with a checkpoint is kept. Returns whether it was removed."""
+    if not run_dir or not os.path.isdir(run_dir) or ckpt_io.list_checkpoints(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not os.path.exists(run_dir)
