@@ -184,3 +184,13 @@ def test_a_folder_of_clips_trains_with_the_frame_recipe_and_names_what_it_found(
     assert "no annotated evaluation set for dataset 'video' (give --eval-dataset synth" in r.stdout
     cfg = json.load(open(tmp_path / "runs" / "v" / "config.json"))
     assert (cfg["recipe"], cfg["pairs"], cfg["shared_warp"]) == ("frames", "motion", True)
+
+
+def test_frame_gap_shorthand_sets_both_keys():
+    cfg, _, given = parse_command(["--dataset", "video", "--data-root", "clips", "--frame-gap", "5", "30"])
+    assert (cfg.frame_gap_min, cfg.frame_gap_max) == (5, 30)
+    assert {"frame_gap_min", "frame_gap_max"} <= given and "frame_gap" not in given
+    cfg, _, _ = parse_command(["--frame-gap-min", "12"])  # the long keys still work alone
+    assert (cfg.frame_gap_min, cfg.frame_gap_max) == (12, 40)
+    with pytest.raises(SystemExit, match="--frame-gap cannot be combined with --frame-gap-max"):
+        parse_command(["--frame-gap", "5", "30", "--frame-gap-max", "20"])

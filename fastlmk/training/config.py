@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=f"(default {f.default})")
         else:
             p.add_argument(flag, dest=f.name, type=f.type, metavar=f.type.__name__.upper(), help=f"(default {f.default!r})")
+    p.add_argument("--frame-gap", dest="frame_gap", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="video only: --frame-gap-min MIN --frame-gap-max MAX in one flag")
     return p
 
 
@@ -398,6 +400,12 @@ def parse_command(argv=None, cuda: bool = False, base: TrainConfig | None = None
         raise SystemExit(f"error: unknown argument(s) {extra}; valid keys: {', '.join(field_names())} "
                          "(flags are --key-with-dashes value; booleans --flag / --no-flag; plus --preset, --config, --resume)")
     args = vars(args)
+    if "frame_gap" in args:  # the shorthand for the two keys
+        gap = args.pop("frame_gap")
+        for key in ("frame_gap_min", "frame_gap_max"):
+            if key in args:
+                raise SystemExit(f"error: --frame-gap cannot be combined with --{key.replace('_', '-')}")
+        args["frame_gap_min"], args["frame_gap_max"] = gap
     name = args.pop("preset", None)
     file = args.pop("config", None)
     resume = args.pop("resume", None)
