@@ -120,6 +120,7 @@ def test_a_folder_of_photos_trains_with_no_further_flag_and_says_why(tmp_path):
                 "--run-name", "f"], tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     assert "recipe: stills (folder gives one image per face; x, x' = two TPS warps of one image)" in r.stdout
+    assert "what this budget buys on stills: coarse points" in r.stdout  # the measured result, said up front
     cfg = json.load(open(tmp_path / "runs" / "f" / "config.json"))
     assert (cfg["recipe"], cfg["pairs"], cfg["shared_warp"]) == ("stills", "warps", False)
     # a missing directory is named before anything else, and nothing is written

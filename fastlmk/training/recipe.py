@@ -45,6 +45,10 @@ BUDGET_PRESETS = ("cpu", "cpu-paper")  # the presets with a wall-time budget (ma
 # The cpu preset on stills: two IMM warps of one image [ours: the warp jitter and terms of the cpu
 # preset stay]. Measured on SynthFaces aligned stills (README "Measured results"); see docs/training.md.
 STILL_RECIPE = dict(pairs="warps", shared_warp=False)
+# What the cpu preset's budget buys on stills (the start line says it; README "Measured results" 6):
+STILL_BUDGET_RESULT = ("what this budget buys on stills: coarse points (SynthFaces `aligned` stills, this recipe: "
+                       "SAIC 17.15 %, 0.83 of the mean shape, seed 0; two frames of one face: 0.23) -- "
+                       "video of the same faces learns far more in the same time (--dataset video)")
 
 # An inter-intra step's cost in intra steps (two detector and four generator passes instead of
 # one and one): measured with motion pairs, 0.49 vs 1.05 s/step, 2 threads (docs/training.md, WMA0).
@@ -91,7 +95,10 @@ def why(cfg: TrainConfig) -> str:
         return f"recipe: frames ({source}; x, x' = two frames{', one spline' if cfg.shared_warp else ''})"
     source = (f"{cfg.dataset} with --pairs warps" if cfg.dataset in MULTI_VIEW_DATASETS
               else f"{cfg.dataset} gives one image per face")
-    return f"recipe: stills ({source}; x, x' = two TPS warps of one image)"
+    line = f"recipe: stills ({source}; x, x' = two TPS warps of one image)"
+    if cfg.preset in BUDGET_PRESETS:  # what the 15-minute budget buys on stills, measured
+        line += f"\n  {STILL_BUDGET_RESULT}"
+    return line
 
 
 def predicted_seconds(cfg: TrainConfig, per_intra_step: float, start: int = 0) -> float:
