@@ -19,6 +19,8 @@ Variants (all start from the ``cpu`` preset):
 * ``reference``: the same step with ``backend="reference"`` (the pure-PyTorch ops): the
   fused-vs-reference figure for a whole step.
 * ``48px``: the budget fit's smaller rung (``--image-size 48``), not the same computation.
+* ``narrow`` (detector width 24, generator width 12), ``det24``, ``gen12``, ``res1`` (one generator
+  residual block): cheaper models, candidates for a slower machine's rung (not the same computation).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from fastlmk.training.losses import FALLBACK, TrainingLoss
 from fastlmk.training.loop import Processes, RandomStreams, batch_stream, train_step, training_data
 from fastlmk.training.model import LandmarkAutoencoder
 
-VARIANTS = ("today", "prefetch", "channels_last", "compile", "reference", "48px")
+VARIANTS = ("today", "prefetch", "channels_last", "compile", "reference", "48px", "narrow", "det24", "gen12", "res1")
+# candidate cheaper models for a slower machine (not the same computation): widths / generator depth
+CHEAPER = {"narrow": dict(detector_width=24, generator_width=12), "det24": dict(detector_width=24),
+           "gen12": dict(generator_width=12), "res1": dict(generator_res=1)}
 
 
 def prefetched(batches, depth: int = 2):
@@ -61,6 +66,8 @@ def make_variant(name: str, base, procs: Processes):
         cfg = dataclasses.replace(cfg, backend="reference")
     if name == "48px":
         cfg = dataclasses.replace(cfg, image_size=48)
+    if name in CHEAPER:
+        cfg = dataclasses.replace(cfg, **CHEAPER[name])
     validate(cfg)
     dataset, make_pairs = training_data(cfg, 1)
     torch.manual_seed(cfg.seed)

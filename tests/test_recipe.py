@@ -86,6 +86,10 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_takes_the_next_rung
     assert slow.steps - slow.intra_warmup >= recipe.ROUND  # it still reaches the inter-intra phase
     assert recipe.predicted_seconds(slow, 1.6 * rel) <= recipe.MARGIN * budget
     assert f"{slow.intra_warmup} intra + {slow.steps - slow.intra_warmup} inter-intra steps" in slow.recipe_note
+    # every note that changes the recipe says what it gives up and how long the full recipe takes here
+    full_min = round(recipe.predicted_seconds(cfg, 1.6) / 60)
+    assert f"expect coarser points than the full recipe (docs/recipe.md), which --max-minutes 0 runs here in ~{full_min} min" in slow.recipe_note
+    assert "expect coarser points" in half.recipe_note and "expect coarser points" not in late.recipe_note + fast.recipe_note
     # a size without rungs below it is kept, and the note says the cap will stop it
     odd = recipe.fit_budget(dataclasses.replace(cfg, image_size=32), 5.0, budget)
     assert odd.image_size == 32 and odd.steps == cfg.steps and "will stop it early" in odd.recipe_note

@@ -137,14 +137,18 @@ def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> Trai
         return dataclasses.replace(cfg, **done, recipe_note=(
             f"{note} > {budget_s / 60:g}: kept; max_minutes stops it near step {reached}, in its inter-intra phase "
             f"(measured better than a smaller rung there)"))
+    # what the fitted run gives up, and how to get the full recipe on this machine
+    full_hint = (f"; expect coarser points than the full recipe (docs/recipe.md), which "
+                 f"--max-minutes 0 runs here in ~{full / 60:.0f} min")
     if not rungs:
         return dataclasses.replace(cfg, **done, recipe_note=(
-            f"{note} > {budget_s / 60:g} min; no smaller rung for {cfg.image_size} px: max_minutes will stop it early"))
+            f"{note} > {budget_s / 60:g} min; no smaller rung for {cfg.image_size} px: max_minutes will stop it early"
+            f"{full_hint}"))
     for size, rel in rungs:
         if full * rel <= limit:
             return dataclasses.replace(cfg, **done, image_size=size, recipe_note=(
                 f"{note} > {budget_s / 60:g}: {size} px images instead (~{rel:.2f}x the step), same schedule, "
-                f"~{full * rel / 60:.1f} min"))
+                f"~{full * rel / 60:.1f} min{full_hint}"))
     size, rel = rungs[-1]
     scale = limit / (full * rel)
     unit = ROUND if cfg.steps >= 10 * ROUND else 1  # short (test) schedules: whole steps
@@ -154,7 +158,7 @@ def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> Trai
     t = predicted_seconds(fitted, per_intra_step * rel)
     return dataclasses.replace(fitted, recipe_note=(
         f"{note} > {budget_s / 60:g}, {full * rel / 60:.1f} even at {size} px: {size} px and {scale:.2f}x the steps, "
-        f"{schedule(fitted)}, ~{t / 60:.1f} min"))
+        f"{schedule(fitted)}, ~{t / 60:.1f} min{full_hint}"))
 
 
 def calibrate(step_fn, batches, steps: int = 5) -> float:
