@@ -47,7 +47,7 @@ BUDGET_PRESETS = ("cpu", "cpu-paper")  # the presets with a wall-time budget (ma
 STILL_RECIPE = dict(pairs="warps", shared_warp=False)
 # What the cpu preset's budget buys on stills (the start line says it; README "Measured results" 6):
 STILL_BUDGET_RESULT = ("what this budget buys on stills: coarse points (SynthFaces `aligned` stills, this recipe: "
-                       "SAIC 17.15 %, 0.83 of the mean shape, seed 0; two frames of one face: 0.23) -- "
+                       "SAIC 14.8 +- 2.1 %, 0.71 of the mean shape, 3 seeds; two frames of one face: 0.23) -- "
                        "video of the same faces learns far more in the same time (--dataset video)")
 
 # An inter-intra step's cost in intra steps (two detector and four generator passes instead of
