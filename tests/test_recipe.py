@@ -199,3 +199,15 @@ def test_frame_gap_shorthand_sets_both_keys():
     assert (cfg.frame_gap_min, cfg.frame_gap_max) == (12, 40)
     with pytest.raises(SystemExit, match="--frame-gap cannot be combined with --frame-gap-max"):
         parse_command(["--frame-gap", "5", "30", "--frame-gap-max", "20"])
+
+
+def test_the_still_budget_line_belongs_to_the_cpu_preset_with_a_budget():
+    """The measured 'what this budget buys' is the cpu preset's still recipe at its budget: not
+    said for cpu-paper (the paper's objective), without a budget, or for frames."""
+    stills = dataclasses.replace(preset("cpu"), dataset="folder", pairs="warps", recipe="stills")
+    assert recipe.STILL_BUDGET_RESULT in recipe.why(stills)
+    assert recipe.STILL_BUDGET_RESULT not in recipe.why(dataclasses.replace(stills, max_minutes=0.0))
+    paper = dataclasses.replace(preset("cpu-paper"), dataset="folder", recipe="stills")
+    assert recipe.STILL_BUDGET_RESULT not in recipe.why(paper)
+    assert recipe.STILL_BUDGET_RESULT not in recipe.why(dataclasses.replace(preset("cpu"), recipe="frames"))
+
