@@ -41,9 +41,11 @@ from fastlmk.training.loop import Processes, RandomStreams, batch_stream, train_
 from fastlmk.training.model import LandmarkAutoencoder
 
 VARIANTS = ("today", "prefetch", "channels_last", "compile", "reference", "48px", "narrow", "det24", "gen12", "res1")
-# candidate cheaper models for a slower machine (not the same computation): widths / generator depth
-CHEAPER = {"narrow": dict(detector_width=24, generator_width=12), "det24": dict(detector_width=24),
-           "gen12": dict(generator_width=12), "res1": dict(generator_res=1)}
+# the variants that are a config change: the reference ops, and cheaper models for a slower machine
+# (not the same computation): a smaller image, narrower networks, a shallower generator
+CONFIG_CHANGES = {"reference": dict(backend="reference"), "48px": dict(image_size=48),
+                  "narrow": dict(detector_width=24, generator_width=12), "det24": dict(detector_width=24),
+                  "gen12": dict(generator_width=12), "res1": dict(generator_res=1)}
 
 
 def prefetched(batches, depth: int = 2):
@@ -62,12 +64,7 @@ def prefetched(batches, depth: int = 2):
 def make_variant(name: str, base, procs: Processes):
     """-> a function running one training step of variant ``name`` (returns the loss)."""
     cfg = dataclasses.replace(base, perceptual=FALLBACK, intra_warmup=base.intra_warmup)
-    if name == "reference":
-        cfg = dataclasses.replace(cfg, backend="reference")
-    if name == "48px":
-        cfg = dataclasses.replace(cfg, image_size=48)
-    if name in CHEAPER:
-        cfg = dataclasses.replace(cfg, **CHEAPER[name])
+    cfg = dataclasses.replace(cfg, **CONFIG_CHANGES.get(name, {}))
     validate(cfg)
     dataset, make_pairs = training_data(cfg, 1)
     torch.manual_seed(cfg.seed)

@@ -67,28 +67,9 @@ def test_checkpoint_config_that_is_not_a_mapping(tmp_path):
         main(["--resume", str(path)])
 
 
-def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
-    real_step = torch.optim.Adam.step
-    calls = {"n": 0}
-
-    def poisoned(self, *a, **k):
-        out = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:  # the last step: its loss was finite, the weights after it are not
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].fill_(float("nan"))
-        return out
-
-    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
-    with pytest.raises(FloatingPointError, match="not finite after step 2"):
-        train(tiny(tmp_path, "nan"), progress=False)
-    # nothing was saved, and the new run directory (config.json, log.csv only) is not left behind
-    assert not (tmp_path / "runs" / "nan").exists()
-
-
-def test_a_failure_keeps_a_run_directory_that_holds_a_checkpoint(tmp_path, monkeypatch):
-    """Only a new run's directory without a checkpoint is removed: a run that saved step 1 keeps it,
-    and so does a resumed run (its directory holds the earlier checkpoints)."""
+def poison_second_adam_step(monkeypatch) -> dict:
+    """After the 2nd Adam step (counted in the returned dict's "n"; reset it to poison again), the
+    first parameter is NaN: that step's loss was finite, the weights after it are not."""
     real_step = torch.optim.Adam.step
     calls = {"n": 0}
 
@@ -101,6 +82,21 @@ def test_a_failure_keeps_a_run_directory_that_holds_a_checkpoint(tmp_path, monke
         return out
 
     monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    return calls
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+    poison_second_adam_step(monkeypatch)  # the last of 2 steps
+    with pytest.raises(FloatingPointError, match="not finite after step 2"):
+        train(tiny(tmp_path, "nan"), progress=False)
+    # nothing was saved, and the new run directory (config.json, log.csv only) is not left behind
+    assert not (tmp_path / "runs" / "nan").exists()
+
+
+def test_a_failure_keeps_a_run_directory_that_holds_a_checkpoint(tmp_path, monkeypatch):
+    """Only a new run's directory without a checkpoint is removed: a run that saved step 1 keeps it,
+    and so does a resumed run (its directory holds the earlier checkpoints)."""
+    calls = poison_second_adam_step(monkeypatch)
     run = tmp_path / "runs" / "half"
     with pytest.raises(FloatingPointError, match="not finite after step 2"):
         train(tiny(tmp_path, "half", ckpt_every=1), progress=False)
