@@ -74,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 5e-4  # Adam (L2) weight decay
     lr_decay_every: int = 75000  # multiply lr by lr_decay every this many steps
     lr_decay: float = 0.1  # lr multiplier
+    lr_anneal: float = 0.0  # [ours] over the last this share of the steps, lr falls linearly to 0 (0 = off, the paper's constant lr)
     grad_clip: float = 1.0  # gradient-norm clip, detector and generator separately (0 = off)
     # --- system ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -264,6 +265,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 RANGES = {
     "temperature": (0.0, None, False, True), "gaussian_std": (0.0, None, False, True),
     "lr": (0.0, None, False, True), "lr_decay": (0.0, None, False, True),
+    "lr_anneal": (0.0, 1.0, True, True),
     "beta1": (0.0, 1.0, True, False), "beta2": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True), "grad_clip": (0.0, None, True, True),
     "perceptual_weight": (0.0, None, True, True), "max_minutes": (0.0, None, True, True),

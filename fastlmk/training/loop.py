@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     objective = TrainingLoss.from_config(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                  weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
     streams = RandomStreams(cfg.seed, procs.rank, device)  # TPS warps, auxiliary subjects
     step = 0 if state is None else restore(state, model, optimizer, scheduler, streams, procs)
     core = model  # the LandmarkAutoencoder, for state dicts, clipping and the step's set-up
@@ -323,6 +324,17 @@ class RandomStreams:
         self.aux.set_state(state["aux"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The lr multiplier of 0-based ``step``: ``lr_decay`` every ``lr_decay_every`` steps (the
+    paper's step decay), times a linear fall to 0 over the last ``lr_anneal`` share of ``steps``
+    [ours: a short budget ends on small steps instead of Adam's full-size noise]."""
+    factor = cfg.lr_decay ** (step // cfg.lr_decay_every)
+    span = cfg.lr_anneal * cfg.steps
+    if span > 0:
+        factor *= min(1.0, max(0.0, (cfg.steps - step) / span))
+    return factor
 
 
 def restore(state: dict, model: LandmarkAutoencoder, optimizer, scheduler, streams: RandomStreams,
