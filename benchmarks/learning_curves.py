@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from fastlmk.training.checkpoint import list_checkpoints, load_detector
 from fastlmk.training.config import TrainConfig
 from fastlmk.data import build_dataset
 from fastlmk.evaluate import extract_points, mean_shape_baseline, regression_errors
+from fastlmk.training.recipe import predicted_seconds
 
 
 def _elapsed_at(run_dir: str) -> callable:
@@ -47,6 +49,14 @@ def _elapsed_at(run_dir: str) -> callable:
         return t0 * step / max(s0, 1)
 
     return at
+
+
+def _modelled_at(cfg: dict, per_intra_step: float) -> callable:
+    """step -> seconds the run's schedule takes to that step at ``per_intra_step`` seconds per intra
+    step (inter-intra steps cost recipe.INTER_INTRA_COST of them): the time axis of runs that
+    shared the machine, whose wall clock measures their neighbours as much as themselves."""
+    base = TrainConfig.from_dict(cfg, where="config.json")
+    return lambda step: predicted_seconds(dataclasses.replace(base, steps=step), per_intra_step)
 
 
 def _pick(paths: list, n: int) -> list:
@@ -70,13 +80,14 @@ def _on_face(det, dataset, n: int) -> float:
     return float((cover > 0.5).float().mean())
 
 
-def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: str, also_steps=()) -> dict:
+def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: str, also_steps=(),
+                 per_intra_step: float = 0.0) -> dict:
     cache_path = os.path.join(run_dir, "curve.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     key = f"{split}-{n_train}-{n_test}"
     entries = cache.setdefault(key, {})
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
-    elapsed = _elapsed_at(run_dir)
+    elapsed = _modelled_at(cfg, per_intra_step) if per_intra_step > 0 else _elapsed_at(run_dir)
     kw = TrainConfig.from_dict(cfg, where=run_dir).dataset_kwargs("synth")
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
     train_set = sub(build_dataset("synth", split="train", **kw), n_train)
@@ -106,7 +117,7 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
         with open(cache_path + ".tmp", "w") as f:
             json.dump(cache, f, indent=1)
         os.replace(cache_path + ".tmp", cache_path)
-    rows = sorted(entries.values(), key=lambda r: r["step"])
+    rows = sorted((dict(r, elapsed_s=elapsed(r["step"])) for r in entries.values()), key=lambda r: r["step"])
     return {"run": run_dir, "method": cfg["method"], "seed": cfg["seed"], "config": cfg, "rows": rows}
 
 
@@ -134,13 +145,17 @@ def main(argv=None):
     p.add_argument("--also-steps", type=int, nargs="*", default=[],
                    help="also evaluate the checkpoints of these steps (e.g. the default run's step count)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seconds-per-intra-step", type=float, default=0.0, metavar="S",
+                   help="time axis: the schedule's predicted time at S s per intra step (an inter-intra step costs "
+                        "2.15 of them) instead of the runs' wall clock (log.csv), for runs that shared the machine")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     for r in args.runs:
         if not os.path.isfile(os.path.join(r, "config.json")):
             raise SystemExit(f"error: {r} is not a run directory (no config.json)")
-    runs = [evaluate_run(r, args.points, args.train, args.test, args.split, args.also_steps) for r in args.runs]
+    runs = [evaluate_run(r, args.points, args.train, args.test, args.split, args.also_steps, args.seconds_per_intra_step)
+            for r in args.runs]
     runs = [r for r in runs if r["rows"]]
     mean_shape = runs[0]["rows"][-1]["mean_shape"]
     sup = None
@@ -175,7 +190,8 @@ def main(argv=None):
     ax.axhline(mean_shape / 3, color="gray", ls=":", lw=1.0, label=f"target: mean shape / 3 ({mean_shape / 3:.1f} %)")
     if sup is not None:
         ax.axhline(sup, color="tab:green", ls="-.", lw=1.2, label=f"supervised upper bound ({sup:.1f} %)")
-    ax.set_xlabel("training wall time (min)")
+    ax.set_xlabel("training time (min)" + (f", modelled at {args.seconds_per_intra_step:g} s per intra step"
+                                             if args.seconds_per_intra_step else ", wall clock"))
     ax.set_ylabel(f"SAIC forward error, % IOD ({args.split} split)")
     ax.set_ylim(0, max(mean_shape * 1.15, 5))
     ax.grid(alpha=0.3)
@@ -186,7 +202,7 @@ def main(argv=None):
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}", file=sys.stderr)
 
-    lines = [f"SAIC forward error (% IOD, {args.split} split, {args.train} / {args.test} images) at equal wall time "
+    lines = [f"SAIC forward error (% IOD, {args.split} split, {args.train} / {args.test} images) at equal training time "
              f"({t_end / 60:.1f} min, the shortest run); mean-shape baseline {mean_shape:.2f} %"
              + (f", supervised bound {sup:.2f} %" if sup is not None else ""), "",
              "| method | seeds | per seed | mean | std | steps reached | points on the face |", "|---|---|---|---:|---:|---|---|"]
@@ -196,6 +212,13 @@ def main(argv=None):
                      f"{float(f.mean()):.2f} | {float(f.std()) if len(f) > 1 else float('nan'):.2f} | "
                      f"{', '.join(str(r['rows'][-1]['step']) for r in s['runs'])} | "
                      f"{', '.join(format(r['rows'][-1].get('on_face', float('nan')), '.0%') for r in s['runs'])} |")
+    lines.append("")
+    for m, s in summary.items():  # when the mean curve first reaches one third of the mean shape
+        mean = s["curves"].nanmean(0).tolist()
+        hit = next((t for t, v in zip(grid, mean) if v <= mean_shape / 3), None)
+        lines.append(f"{m}: the mean of {len(s['runs'])} seeds reaches one third of the mean shape "
+                     f"({mean_shape / 3:.2f} %) " + (f"at ~{hit / 60:.0f} min" if hit is not None
+                                                     else f"nowhere up to {t_end / 60:.0f} min (lowest {min(v for v in mean if v == v):.2f} %)"))
     if len(summary) == 2:
         (m1, s1), (m2, s2) = summary.items()
         d = s1["finals"].mean() - s2["finals"].mean()
