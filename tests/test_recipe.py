@@ -80,10 +80,15 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_takes_the_next_rung
     assert (half.image_size, half.steps, half.intra_warmup) == (48, cfg.steps, cfg.intra_warmup)
     assert recipe.predicted_seconds(half, 0.93 * rel) <= recipe.MARGIN * budget
     assert "48 px" in half.recipe_note and not half.budget_fit
+    # a fitted run that gives up part of the recipe ends on a planned lr fall; one that fits or is cut late does not
+    assert half.lr_anneal == recipe.FIT_ANNEAL and "lr falling to 0 over the last 30% of the steps" in half.recipe_note
+    assert fast.lr_anneal == late.lr_anneal == 0.0
+    assert recipe.fit_budget(dataclasses.replace(cfg, lr_anneal=0.5), 0.93, budget).lr_anneal == 0.5  # the user's
     slow = recipe.fit_budget(cfg, 1.6, budget)  # even 48 px does not fit: both phases shortened
     assert slow.image_size == 48 and slow.steps < cfg.steps
     assert slow.intra_warmup % recipe.ROUND == 0 and slow.intra_warmup > 0 and (slow.steps - slow.intra_warmup) % recipe.ROUND == 0
     assert slow.steps - slow.intra_warmup >= recipe.ROUND  # it still reaches the inter-intra phase
+    assert slow.lr_anneal == recipe.FIT_ANNEAL
     assert recipe.predicted_seconds(slow, 1.6 * rel) <= recipe.MARGIN * budget
     assert f"{slow.intra_warmup} intra + {slow.steps - slow.intra_warmup} inter-intra steps" in slow.recipe_note
     # every note that changes the recipe says what it gives up and how long the full recipe takes here
