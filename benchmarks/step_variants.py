@@ -104,6 +104,8 @@ def main():
     args = p.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
+    if args.rounds < 2:  # p20 / p80 need two timings per variant (and one says nothing about the noise)
+        raise SystemExit(f"error: --rounds must be >= 2, got {args.rounds}")
     if bad or "today" not in names:
         raise SystemExit(f"error: --variants must include today and be among {', '.join(VARIANTS)}, got {args.variants}")
     torch.set_num_threads(args.threads)
