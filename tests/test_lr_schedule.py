@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 
 from fastlmk.training.config import TrainConfig, validate
 from fastlmk.training.loop import lr_factor
@@ -50,3 +51,26 @@ def test_training_follows_the_schedule_and_a_resume_continues_it(tmp_path):
     assert [r["step"] for r in again] == [5, 6, 7, 8]
     assert [r["lr"] for r in again] == pytest.approx([r["lr"] for r in full["history"][4:]])
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in full["history"][4:]], rel=1e-5)
+
+
+def test_a_checkpoint_written_with_the_old_step_schedule_resumes(tmp_path):
+    """Checkpoints of earlier versions hold a StepLR's state; they resume and continue exactly."""
+    from _standins import tiny_train_config
+
+    full = train(tiny_train_config(tmp_path, "full", steps=8, ckpt_every=4, keep_last=3), progress=False)
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "full", old)
+    (old / "checkpoints" / "step_00000008.pt").unlink()
+    path = old / "checkpoints" / "step_00000004.pt"
+    ckpt = torch.load(path, weights_only=True)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=ckpt["config"]["lr"])
+    step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=ckpt["config"]["lr_decay_every"], gamma=0.1)
+    for _ in range(4):
+        opt.step()
+        step_lr.step()
+    ckpt["scheduler"] = step_lr.state_dict()
+    torch.save(ckpt, path)
+    again = train(tiny_train_config(tmp_path, "old", steps=8, ckpt_every=4, keep_last=3), resume=str(path),
+                  progress=False)["history"]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in full["history"][4:]], rel=1e-5)
+    assert [r["lr"] for r in again] == pytest.approx([r["lr"] for r in full["history"][4:]])

@@ -344,7 +344,11 @@ def restore(state: dict, model: LandmarkAutoencoder, optimizer, scheduler, strea
         model.detector.load_state_dict(state["detector"])
         model.generator.load_state_dict(state["generator"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        sched = dict(state["scheduler"])
+        if "lr_lambdas" not in sched:  # written before lr_anneal, by a StepLR: the schedule is a function of
+            sched = {k: v for k, v in sched.items() if k not in ("step_size", "gamma")}  # the config and the step
+            sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
+        scheduler.load_state_dict(sched)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:  # e.g. a config edited after the run
         why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
         raise ValueError(f"{state['path']}: cannot resume: its weights or optimizer state do not match its "
