@@ -45,10 +45,13 @@ MULTI_VIEW_DATASETS = ("synth",)  # data sets that render a subject several time
 # The cpu preset on stills: two IMM warps of one image [ours: the warp jitter and terms of the cpu
 # preset stay]. Measured on SynthFaces aligned stills (README "Measured results"); see docs/training.md.
 STILL_RECIPE = dict(pairs="warps", shared_warp=False)
-# What the cpu preset's budget buys on stills (the start line says it; README "Measured results" 6):
+# What the cpu preset's budget buys on stills, and what ~45 minutes buy (the start line says it; README
+# "Measured results" 6; the 60-minute learning curves of docs/recipe.md, test split, 3 seeds):
 STILL_BUDGET_RESULT = ("what this budget buys on stills: coarse points (SynthFaces `aligned` stills, this recipe: "
-                       "SAIC 14.8 +- 2.1 %, 0.71 of the mean shape, 3 seeds; two frames of one face: 0.23) -- "
-                       "video of the same faces learns far more in the same time (--dataset video)")
+                       "SAIC 14.8 +- 2.1 %, 0.71 of the mean shape, 3 seeds; two frames of one face: 0.23); "
+                       "~45 min reach one third of the mean shape (--steps 2800 --max-minutes 0: 6.3 +- 0.4 % at one "
+                       "thread, 3 seeds; docs/recipe.md) -- video of the same faces learns far more in the same time "
+                       "(--dataset video)")
 
 # An inter-intra step's cost in intra steps (two detector and four generator passes instead of
 # one and one): measured with motion pairs, 0.49 vs 1.05 s/step, 2 threads (docs/training.md, WMA0).
