@@ -30,7 +30,7 @@ from fastlmk.training.checkpoint import list_checkpoints, load_detector
 from fastlmk.training.config import TrainConfig
 from fastlmk.data import build_dataset
 from fastlmk.evaluate import extract_points, mean_shape_baseline, regression_errors
-from fastlmk.training.recipe import predicted_seconds
+from fastlmk.training.recipe import INTER_INTRA_COST, predicted_seconds
 
 
 def _elapsed_at(run_dir: str) -> callable:
@@ -51,12 +51,11 @@ def _elapsed_at(run_dir: str) -> callable:
     return at
 
 
-def _modelled_at(cfg: dict, per_intra_step: float) -> callable:
+def _modelled_at(cfg: TrainConfig, per_intra_step: float) -> callable:
     """step -> seconds the run's schedule takes to that step at ``per_intra_step`` seconds per intra
     step (inter-intra steps cost recipe.INTER_INTRA_COST of them): the time axis of runs that
     shared the machine, whose wall clock measures their neighbours as much as themselves."""
-    base = TrainConfig.from_dict(cfg, where="config.json")
-    return lambda step: predicted_seconds(dataclasses.replace(base, steps=step), per_intra_step)
+    return lambda step: predicted_seconds(dataclasses.replace(cfg, steps=step), per_intra_step)
 
 
 def _pick(paths: list, n: int) -> list:
@@ -87,8 +86,9 @@ def evaluate_run(run_dir: str, points: int, n_train: int, n_test: int, split: st
     key = f"{split}-{n_train}-{n_test}"
     entries = cache.setdefault(key, {})
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
-    elapsed = _modelled_at(cfg, per_intra_step) if per_intra_step > 0 else _elapsed_at(run_dir)
-    kw = TrainConfig.from_dict(cfg, where=run_dir).dataset_kwargs("synth")
+    run_cfg = TrainConfig.from_dict(cfg, where=run_dir)
+    elapsed = _modelled_at(run_cfg, per_intra_step) if per_intra_step > 0 else _elapsed_at(run_dir)
+    kw = run_cfg.dataset_kwargs("synth")
     sub = lambda ds, n: torch.utils.data.Subset(ds, range(min(n, len(ds))))  # noqa: E731
     train_set = sub(build_dataset("synth", split="train", **kw), n_train)
     test_set = sub(build_dataset("synth", split=split, **kw), n_test)
@@ -147,7 +147,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seconds-per-intra-step", type=float, default=0.0, metavar="S",
                    help="time axis: the schedule's predicted time at S s per intra step (an inter-intra step costs "
-                        "2.15 of them) instead of the runs' wall clock (log.csv), for runs that shared the machine")
+                        f"{INTER_INTRA_COST:g} of them) instead of the runs' wall clock (log.csv), for runs that shared the machine")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

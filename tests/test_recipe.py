@@ -217,7 +217,6 @@ def test_the_still_budget_line_belongs_to_the_cpu_preset_with_a_budget():
     assert recipe.STILL_BUDGET_RESULT not in recipe.why(dataclasses.replace(preset("cpu"), recipe="frames"))
 
 
-
 def test_learning_curve_time_axis_models_the_schedule():
     """benchmarks/learning_curves.py --seconds-per-intra-step: the time of a step is the schedule's
     predicted time (intra steps, then inter-intra steps at INTER_INTRA_COST), not the wall clock."""
@@ -225,7 +224,7 @@ def test_learning_curve_time_axis_models_the_schedule():
     from fastlmk.training import recipe
     from fastlmk.training.config import TrainConfig
 
-    at = _modelled_at(dataclasses.asdict(TrainConfig(steps=3200, intra_warmup=1000, method="inter-intra")), 0.5)
+    at = _modelled_at(TrainConfig(steps=3200, intra_warmup=1000, method="inter-intra"), 0.5)
     assert at(400) == pytest.approx(200.0)
     assert at(1000) == pytest.approx(500.0)
     assert at(1200) == pytest.approx(0.5 * (1000 + recipe.INTER_INTRA_COST * 200))
