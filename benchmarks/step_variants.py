@@ -18,9 +18,9 @@ Variants (all start from the ``cpu`` preset):
   the other elementwise ops into generated C++ loops; compiled before the timed rounds).
 * ``reference``: the same step with ``backend="reference"`` (the pure-PyTorch ops): the
   fused-vs-reference figure for a whole step.
-* ``48px``: the budget fit's smaller rung (``--image-size 48``), not the same computation.
+* ``48px``: a smaller image (``--image-size 48``; the budget fit's rung until 2026-12-07), not the same computation.
 * ``narrow`` (detector width 24, generator width 12), ``det24``, ``gen12``, ``res1`` (one generator
-  residual block): cheaper models, candidates for a slower machine's rung (not the same computation).
+  residual block): cheaper models, candidates for a slower machine (not the same computation).
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ def preset(name: str, cuda: bool = False) -> TrainConfig:
         # SynthFaces' MAFL-like `aligned` regime, the field's headline benchmark (`wild` is one flag away).
         # max_minutes 14: the default run took 11m43s of training + 14 s of evaluation as a newcomer runs it
         # (idle VM, 2 threads, K = 30, 2026-12-06); the cap keeps a slower machine's whole run near 15 min.
-        # budget_fit: a slower machine gets the rung of recipe.LADDER that fits the budget instead of being
-        # cut by the cap inside the warm-up (issue 22: one core, 16.73 % after a cut at step ~670).
+        # budget_fit: a slower machine gets recipe.SHORT planned to fit the budget instead of being cut by
+        # the cap (issue 22: one core, 16.73 % after a cut at step ~670, inside the warm-up).
         budget = dict(synth_pose="aligned", max_minutes=14.0, temperature=1.0, gaussian_std=1.0, beta1=0.9,
                       weight_decay=0.0, budget_fit=True)
         if name == "cpu-paper":  # that budget with the paper's objective (IMM's warps, no added terms):

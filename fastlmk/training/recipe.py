@@ -16,18 +16,14 @@ written:
    ``budget_fit`` (the ``cpu`` presets) and a ``max_minutes`` budget, the run times a few intra
    steps of its own model on its own data (:func:`calibrate`) and predicts the whole schedule
    (inter-intra steps cost ``INTER_INTRA_COST`` intra steps). If it fits, nothing changes: same
-   machine, same seed, same threads, same result. If not, it takes the first rung of
-   :data:`LADDER` that fits -- a smaller image side with the same schedule -- and, when even the
-   last rung does not fit, that rung with the warm-up and the
-   inter-intra phase shortened in proportion (step counts rounded down to multiples of
-   ``ROUND``), so that the run still reaches its inter-intra phase instead of being cut inside
-   the warm-up. Either way it ends on a planned fall of the lr (``lr_anneal``, :data:`FIT_ANNEAL`).
-   The decision is written into the config (``image_size``, ``steps``,
-   ``intra_warmup``, ``lr_anneal``, ``recipe_note``) with ``budget_fit`` turned off, so the checkpoints carry
-   it and ``--resume`` continues the same schedule without timing again. A schedule whose
-   warm-up fits but whose inter-intra phase the cap would cut is kept (a late cut measured
-   better than the smaller rung). What each choice gives is measured in docs/recipe.md: no
-   rung keeps the full-speed result at half the speed.
+   machine, same seed, same threads, same result. If not, it plans the short recipe: as many steps
+   as fit the budget, of the warm-up's objective (intra) when the run has a warm-up (:data:`SHORT`),
+   else of its own, ending on a planned fall of the lr (``lr_anneal``, :data:`FIT_ANNEAL`), so that
+   the cap never cuts it. The decision is written into the config (``method``, ``steps``,
+   ``intra_warmup``, ``lr_anneal``, ``recipe_note``) with ``budget_fit`` turned off, so the
+   checkpoints carry it and ``--resume`` continues the same schedule without timing again. What each
+   choice gives is measured in docs/recipe.md: the short recipe does not keep the full-speed result
+   at half the speed.
 """
 
 from __future__ import annotations
@@ -56,21 +52,21 @@ STILL_BUDGET_RESULT = ("what this budget buys on stills: coarse points (SynthFac
 # An inter-intra step's cost in intra steps (two detector and four generator passes instead of
 # one and one): measured with motion pairs, 0.49 vs 1.05 s/step, 2 threads (docs/training.md, WMA0).
 INTER_INTRA_COST = 2.15
-# Rungs of the budget fit, cheapest last: (image side, step time relative to 64 px). 48 px: an
-# intra step of the cpu preset, 1 thread, interleaved in one process (benchmarks/step_variants.py:
-# 0.58-0.66). Measured on the val split (docs/recipe.md): the full schedule at 48 px gave 12.37 /
-# 10.69 % (seeds 0 / 1; 64 px: 6.02 / 4.53); the other ways to halve the compute were worse (batch 8:
-# 18.50; 500 + 100 steps at lr 2e-3: 18.90; a cut inside the warm-up: 16.73, issue 22), and a cut late
-# in the inter-intra phase better (9.49 at step ~1,075, issue 22). So the rung is taken only when the
-# cap would stop the 64 px schedule before its inter-intra phase.
-LADDER = ((64, 1.0), (48, 0.58))
-# A fitted run that gives up part of the recipe (a smaller rung, shorter phases) ends on a planned fall
-# of the lr over its last FIT_ANNEAL share of steps (lr_anneal) instead of the constant lr: on the val
-# split the 48 px rung gave 10.56 / 9.84 (seeds 0 / 1) with it against 12.37 / 10.69 without, and 650 intra +
-# 100 inter-intra steps at 64 px 12.04 against 14.05 (seed 0; docs/recipe.md). A schedule that fits is
-# left alone (the default's result, measured with the constant lr, stays what it was).
+# The short recipe (fit_budget): when the whole schedule does not fit the budget, a run with an intra
+# warm-up trains with the warm-up's objective throughout -- as many intra steps as fit, ending on the
+# lr fall below -- rather than being cut by the cap or shrunk. Per second of training an intra step
+# (2.15x cheaper) learns more than an inter-intra step at these budgets. Val split (docs/recipe.md):
+# at issue 22's 2-thread speed (0.73 s per intra step) 1,090 intra steps gave 7.61 / 5.47 (seeds 0 / 1)
+# where the schedule cut by the cap at step 1,070 gave 10.52 and 750 + 150 steps with the lr fall 9.38
+# (seed 0); at half this VM's speed (0.92 s) 850 intra steps gave 10.26 where the former 48 px rung
+# gave 10.56 and 650 + 100 steps at 64 px 12.04 (seed 0).
+SHORT = dict(method="intra", intra_warmup=0)
+# A fitted run ends on a planned fall of the lr over its last FIT_ANNEAL share of steps (lr_anneal)
+# instead of the constant lr: on the val split, at ~0.6x the default's compute, it gained 0.9-2.0
+# points on each of three schedules (docs/recipe.md). A schedule that fits is left alone (the
+# default's result, measured with the constant lr, stays what it was).
 FIT_ANNEAL = 0.3
-PINNED = ("image_size", "steps", "intra_warmup")  # set by the user, these switch the budget fit off
+PINNED = ("image_size", "steps", "intra_warmup", "method")  # set by the user, these switch the budget fit off
 ROUND = 50  # fitted step counts are multiples of this (a few ms of timing noise rarely moves them;
 # schedules under 10 x ROUND steps are fitted in whole steps)
 MARGIN = 0.95  # the predicted training time must fit in this share of the budget (timing noise, checkpoints)
@@ -127,56 +123,38 @@ def schedule(cfg: TrainConfig) -> str:
 
 
 def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> TrainConfig:
-    """The rung of :data:`LADDER` whose schedule fits ``budget_s`` seconds of training, given an
-    intra step of ``per_intra_step`` seconds at ``cfg.image_size`` (module docstring, 2). Returns
-    the config with the decision written in (``budget_fit`` off, ``recipe_note`` set)."""
+    """The schedule that fits ``budget_s`` seconds of training, given an intra step of
+    ``per_intra_step`` seconds (module docstring, 2). Returns the config with the decision written
+    in (``budget_fit`` off, ``recipe_note`` set)."""
     full = predicted_seconds(cfg, per_intra_step)
     limit = MARGIN * budget_s
     note = (f"timed {per_intra_step:.2f} s per intra step at {cfg.image_size} px: {schedule(cfg)} take "
             f"~{full / 60:.1f} min")
     done = dict(budget_fit=False)
-    costs = dict(LADDER)
-    rungs = [(size, cost / costs[cfg.image_size]) for size, cost in LADDER
-             if cfg.image_size in costs and size < cfg.image_size]
     if full <= limit:
         return dataclasses.replace(cfg, **done, recipe_note=f"{note}, within {budget_s / 60:g} min: kept")
+    # the short recipe: the steps that fit, of the warm-up's objective when the run has one (SHORT)
     warm0 = min(cfg.intra_warmup, cfg.steps) if cfg.method == "inter-intra" else 0
-    if 0 < warm0 < cfg.steps and per_intra_step * warm0 <= limit:  # the cap stops it in the inter-intra phase
-        reached = warm0 + int((limit - per_intra_step * warm0) // (per_intra_step * INTER_INTRA_COST))
-        return dataclasses.replace(cfg, **done, recipe_note=(
-            f"{note} > {budget_s / 60:g}: kept; max_minutes stops it near step {reached}, in its inter-intra phase "
-            f"(measured better than a smaller rung there)"))
-    # what the fitted run gives up, and how to get the full recipe on this machine
-    full_hint = (f"; expect coarser points than the full recipe (docs/recipe.md), which "
-                 f"--max-minutes 0 runs here in ~{full / 60:.0f} min")
-    if not rungs:
-        return dataclasses.replace(cfg, **done, recipe_note=(
-            f"{note} > {budget_s / 60:g} min; no smaller rung for {cfg.image_size} px: max_minutes will stop it early"
-            f"{full_hint}"))
-    anneal = dict(lr_anneal=cfg.lr_anneal or FIT_ANNEAL)  # a value the user gave is kept
-    said = f", lr falling to 0 over the last {anneal['lr_anneal']:.0%} of the steps"
-    for size, rel in rungs:
-        if full * rel <= limit:
-            return dataclasses.replace(cfg, **done, **anneal, image_size=size, recipe_note=(
-                f"{note} > {budget_s / 60:g}: {size} px images instead (~{rel:.2f}x the step), same schedule{said}, "
-                f"~{full * rel / 60:.1f} min{full_hint}"))
-    size, rel = rungs[-1]
-    scale = limit / (full * rel)
-    unit = ROUND if cfg.steps >= 10 * ROUND else 1  # short (test) schedules: whole steps
-    warm = unit * math.floor(warm0 * scale / unit)
-    rest = min(cfg.steps - warm0, max(unit, unit * math.floor((cfg.steps - warm0) * scale / unit)))
-    fitted = dataclasses.replace(cfg, **done, **anneal, image_size=size, steps=warm + rest, intra_warmup=warm)
-    t = predicted_seconds(fitted, per_intra_step * rel)
+    short = dict(SHORT) if 0 < warm0 < cfg.steps else {}
+    cost = 1.0 if short or cfg.method == "intra" else INTER_INTRA_COST
+    n = limit / (per_intra_step * cost)
+    unit = ROUND if n >= 10 * ROUND else 1  # short (test) schedules: whole steps
+    steps = max(1, unit * math.floor(n / unit))
+    anneal = cfg.lr_anneal or FIT_ANNEAL  # a value the user gave is kept
+    fitted = dataclasses.replace(cfg, **done, **short, steps=steps, lr_anneal=anneal)
+    t = predicted_seconds(fitted, per_intra_step)
+    why_short = " (the warm-up's objective throughout: per second it learns more than the inter-intra step)" if short else ""
     return dataclasses.replace(fitted, recipe_note=(
-        f"{note} > {budget_s / 60:g}, {full * rel / 60:.1f} even at {size} px: {size} px and {scale:.2f}x the steps, "
-        f"{schedule(fitted)}{said}, ~{t / 60:.1f} min{full_hint}"))
+        f"{note} > {budget_s / 60:g}: {schedule(fitted)} instead{why_short}, lr falling to 0 over the last "
+        f"{anneal:.0%} of the steps, ~{t / 60:.1f} min; expect coarser points than the full recipe (docs/recipe.md), "
+        f"which --max-minutes 0 runs here in ~{full / 60:.0f} min"))
 
 
 def calibrate(step_fn, batches, steps: int = 5) -> float:
     """Seconds per step of ``step_fn(batch)``: one untimed step (allocations), then the fastest of
     ``steps`` timed ones. The fastest, not the median: on a shared machine a neighbour's burst
     during the few seconds of timing made one run read 0.88 s per step where the next two read
-    0.69 and 0.62 on the same core, and took the 48 px rung (12.04 %) instead of the 64 px
+    0.69 and 0.62 on the same core, and took the 48 px rung of that day's fit (12.04 %) instead of the 64 px
     schedule (4.76 %, docs/recipe.md). ``batches``: an iterator of batches (rendering is timed)."""
     step_fn(next(batches))
     times = []
