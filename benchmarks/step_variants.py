@@ -16,6 +16,8 @@ Variants (all start from the ``cpu`` preset):
 * ``channels_last``: model and inputs in ``torch.channels_last``.
 * ``compile``: ``torch.compile`` of the model (inductor on the CPU: fuses batch norm, ReLU and
   the other elementwise ops into generated C++ loops; compiled before the timed rounds).
+* ``bf16``: the step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the losses stay float32;
+  oneDNN's bf16 convolutions where the CPU has them).
 * ``reference``: the same step with ``backend="reference"`` (the pure-PyTorch ops): the
   fused-vs-reference figure for a whole step.
 * ``48px``: a smaller image (``--image-size 48``; the budget fit's rung until 2026-12-07), not the same computation.
@@ -40,7 +42,7 @@ from fastlmk.training.losses import FALLBACK, TrainingLoss
 from fastlmk.training.loop import Processes, RandomStreams, batch_stream, train_step, training_data
 from fastlmk.training.model import LandmarkAutoencoder
 
-VARIANTS = ("today", "prefetch", "channels_last", "compile", "reference", "48px", "narrow", "det24", "gen12", "res1")
+VARIANTS = ("today", "prefetch", "channels_last", "compile", "bf16", "reference", "48px", "narrow", "det24", "gen12", "res1")
 # the variants that are a config change: the reference ops, and cheaper models for a slower machine
 # (not the same computation): a smaller image, narrower networks, a shallower generator
 CONFIG_CHANGES = {"reference": dict(backend="reference"), "48px": dict(image_size=48),
@@ -85,8 +87,9 @@ def make_variant(name: str, base, procs: Processes):
         if fmt is torch.channels_last:
             batch = {k: v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4 else v
                      for k, v in batch.items()}
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
         losses = train_step(cfg, model, forward, objective, optimizer, make_pairs, streams, batch, step["n"],
-                            procs.device, contextlib.nullcontext())[3]
+                            procs.device, autocast)[3]
         step["n"] += 1
         return losses["loss"].item()
 

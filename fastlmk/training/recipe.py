@@ -58,8 +58,8 @@ INTER_INTRA_COST = 2.15
 # (2.15x cheaper) learns more than an inter-intra step at these budgets. Val split (docs/recipe.md):
 # at issue 22's 2-thread speed (0.73 s per intra step) 1,090 intra steps gave 7.61 / 5.47 (seeds 0 / 1)
 # where the schedule cut by the cap at step 1,070 gave 10.52 and 750 + 150 steps with the lr fall 9.38
-# (seed 0); at half this VM's speed (0.92 s) 850 intra steps gave 10.26 where the former 48 px rung
-# gave 10.56 and 650 + 100 steps at 64 px 12.04 (seed 0).
+# (seed 0); at half this VM's speed (0.92 s) 850 intra steps gave 10.26 / 7.83 where the former 48 px
+# rung gave 10.56 / 9.84 (seeds 0 / 1) and 650 + 100 steps at 64 px with the fall 12.04 (seed 0).
 SHORT = dict(method="intra", intra_warmup=0)
 # A fitted run ends on a planned fall of the lr over its last FIT_ANNEAL share of steps (lr_anneal)
 # instead of the constant lr: on the val split, at ~0.6x the default's compute, it gained 0.9-2.0
