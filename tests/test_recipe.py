@@ -178,6 +178,18 @@ def test_a_fitted_schedule_is_stored_in_the_run_and_a_resume_continues_it(tmp_pa
     assert json.load(open(tmp_path / "fit" / "config.json"))["method"] == "intra"
 
 
+def test_a_default_run_directory_is_named_after_the_objective_the_fit_chose(tmp_path, monkeypatch):
+    from fastlmk.training.loop import train
+
+    monkeypatch.setattr(recipe, "calibrate", lambda step_fn, batches, steps=5: 10.0)  # a very slow machine
+    cfg = dataclasses.replace(preset("cpu"), batch_size=4, train_length=64, eval=False, sample_every=0, threads=1,
+                              max_minutes=0.5, steps=12, intra_warmup=8, out_dir=str(tmp_path), recipe="frames")
+    torch.set_num_threads(1)
+    result = train(cfg, progress=False)
+    assert os.path.basename(result["run_dir"]).endswith("-synth-intra")  # not "-synth-inter-intra"
+    assert os.listdir(tmp_path) == [os.path.basename(result["run_dir"])]  # one directory, no stray one
+
+
 def test_a_folder_of_clips_trains_with_the_frame_recipe_and_names_what_it_found(tmp_path):
     pytest.importorskip("av")
     from fastlmk.data.synth_clips import export_clips

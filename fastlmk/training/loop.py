@@ -32,7 +32,7 @@ from fastlmk.training.logbook import (LossWindow, RunLog, WarmupTimer, _optional
                                       seconds_per_image)
 from fastlmk.training.losses import FALLBACK, TrainingLoss
 from fastlmk.training.model import Detector, LandmarkAutoencoder
-from fastlmk.training.rundir import discard_new_run_dir, open_run_dir, plan_run_dir
+from fastlmk.training.rundir import default_run_dir, discard_new_run_dir, open_run_dir, plan_run_dir
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +66,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         fitted = fit_to_budget(cfg, dataset, make_pairs, procs, autocast)
         if fitted.image_size != cfg.image_size:
             dataset, make_pairs = training_data(fitted, procs.world)
+        if procs.master and not cfg.run_name and fitted.method != cfg.method:  # named after what it trains
+            run_dir = default_run_dir(fitted)
         cfg = fitted
 
     # ---- model: detector D, generator P, one Adam over both (method.md section 4); the loss ----
