@@ -64,8 +64,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # run keeps the schedule its checkpoint's config holds) ----
     if cfg.budget_fit and cfg.max_minutes > 0 and state is None:
         fitted = fit_to_budget(cfg, dataset, make_pairs, procs, autocast)
-        if fitted.image_size != cfg.image_size:
-            dataset, make_pairs = training_data(fitted, procs.world)
         if procs.master and not cfg.run_name and fitted.method != cfg.method:  # named after what it trains
             run_dir = default_run_dir(fitted)
         cfg = fitted
