@@ -7,13 +7,15 @@ takes one step, so that load from other processes on a shared machine hits all o
 table gives the median seconds per step and the ratio to ``today`` in the same run.
 
     PYTHONPATH=. python benchmarks/step_variants.py [--rounds 12] [--threads 1] [--method intra]
-        [--variants today,prefetch,channels_last,compile,reference,48px]
+        [--variants today,prefetch,contiguous,compile,reference,48px]
 
 Variants (all start from the ``cpu`` preset):
 
-* ``today``: the step as it is (eager, fused kernels, rendering inline).
+* ``today``: the step as it is (eager, fused kernels, rendering inline; model and images in
+  ``torch.channels_last``, ``memory_format="auto"`` on the CPU since 2026-12-07).
 * ``prefetch``: the next batch rendered in a background thread while this step computes.
-* ``channels_last``: model and inputs in ``torch.channels_last``.
+* ``contiguous``: model and images in the default (NCHW-contiguous) layout, the step before
+  2026-12-07 (``memory_format="contiguous"``).
 * ``compile``: ``torch.compile`` of the model (inductor on the CPU: fuses batch norm, ReLU and
   the other elementwise ops into generated C++ loops; compiled before the timed rounds).
 * ``bf16``: the step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the losses stay float32;
@@ -39,13 +41,13 @@ import torch
 
 from fastlmk.training.config import preset, validate
 from fastlmk.training.losses import FALLBACK, TrainingLoss
-from fastlmk.training.loop import Processes, RandomStreams, batch_stream, train_step, training_data
+from fastlmk.training.loop import Processes, RandomStreams, batch_stream, memory_format, train_step, training_data
 from fastlmk.training.model import LandmarkAutoencoder
 
-VARIANTS = ("today", "prefetch", "channels_last", "compile", "bf16", "reference", "48px", "narrow", "det24", "gen12", "res1")
+VARIANTS = ("today", "prefetch", "contiguous", "compile", "bf16", "reference", "48px", "narrow", "det24", "gen12", "res1")
 # the variants that are a config change: the reference ops, and cheaper models for a slower machine
 # (not the same computation): a smaller image, narrower networks, a shallower generator
-CONFIG_CHANGES = {"reference": dict(backend="reference"), "48px": dict(image_size=48),
+CONFIG_CHANGES = {"reference": dict(backend="reference"), "contiguous": dict(memory_format="contiguous"), "48px": dict(image_size=48),
                   "narrow": dict(detector_width=24, generator_width=12), "det24": dict(detector_width=24),
                   "gen12": dict(generator_width=12), "res1": dict(generator_res=1)}
 
@@ -71,8 +73,7 @@ def make_variant(name: str, base, procs: Processes):
     dataset, make_pairs = training_data(cfg, 1)
     torch.manual_seed(cfg.seed)
     model = LandmarkAutoencoder.from_config(cfg)
-    fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(memory_format=memory_format(cfg, procs.device))  # as train() lays it out
     objective = TrainingLoss.from_config(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     streams = RandomStreams(cfg.seed, 0, procs.device)
@@ -83,10 +84,7 @@ def make_variant(name: str, base, procs: Processes):
     step = {"n": 0}
 
     def run():
-        batch = next(batches)
-        if fmt is torch.channels_last:
-            batch = {k: v.contiguous(memory_format=fmt) if torch.is_tensor(v) and v.dim() == 4 else v
-                     for k, v in batch.items()}
+        batch = next(batches)  # (train_step lays the images out as cfg.memory_format says)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
         losses = train_step(cfg, model, forward, objective, optimizer, make_pairs, streams, batch, step["n"],
                             procs.device, autocast)[3]

@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
     # ---- model: detector D, generator P, one Adam over both (method.md section 4); the loss ----
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = LandmarkAutoencoder.from_config(cfg).to(device)
+    model = LandmarkAutoencoder.from_config(cfg).to(device, memory_format=memory_format(cfg, device))
     objective = TrainingLoss.from_config(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                  weight_decay=cfg.weight_decay)
@@ -156,9 +156,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 def train_step(cfg: TrainConfig, core: LandmarkAutoencoder, forward, objective: TrainingLoss, optimizer, make_pairs,
                streams: RandomStreams, batch: dict, step: int, device, autocast):
     """One optimisation step (0-based ``step``) on ``batch``; -> (images, pairs, out, losses)."""
-    images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
+    fmt = memory_format(cfg, device)
+    images = batch["image"].to(device, non_blocking=True, memory_format=fmt)  # (B, 3, S, S) in [0, 1]
     # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
-    second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
+    second = batch["image2"].to(device, non_blocking=True, memory_format=fmt) if "image2" in batch else None
     pairs = make_pairs(images, generator=streams.pairs, second=second,
                        equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
     # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
@@ -293,7 +294,7 @@ def fit_to_budget(cfg: TrainConfig, dataset, make_pairs, procs: Processes, autoc
     if procs.ddp:
         return dataclasses.replace(cfg, budget_fit=False, recipe_note="budget fit skipped: several processes")
     probe = dataclasses.replace(cfg, intra_warmup=cfg.steps)  # every step intra: what the warm-up costs
-    model = LandmarkAutoencoder.from_config(probe).to(procs.device)
+    model = LandmarkAutoencoder.from_config(probe).to(procs.device, memory_format=memory_format(cfg, procs.device))
     objective = TrainingLoss.from_config(probe).to(procs.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     streams = RandomStreams(cfg.seed + 1, procs.rank, procs.device)
@@ -301,6 +302,16 @@ def fit_to_budget(cfg: TrainConfig, dataset, make_pairs, procs: Processes, autoc
     per_step = recipe.calibrate(lambda batch: train_step(probe, model, model, objective, optimizer, make_pairs,
                                                          streams, batch, 0, procs.device, autocast), batches)
     return recipe.fit_budget(cfg, per_step, 60 * cfg.max_minutes)
+
+
+def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """The layout of the model's weights and the batch's images: ``channels_last`` on the CPU for
+    ``auto`` (oneDNN's NHWC convolutions; 0.82-0.89x the intra step at one thread in three
+    interleaved runs of benchmarks/step_variants.py, 2026-12-07), ``contiguous`` elsewhere (not
+    measured). The fused ops take any layout (they make their inputs contiguous)."""
+    if cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cpu"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class RandomStreams:
