@@ -373,6 +373,9 @@ def test_the_start_line_says_the_data_regime_the_pairs_and_where_the_warmup_ends
     line = describe(preset("cpu"), "runs/r", procs, 0, False)
     assert "synth (aligned), intra warm-up to step 1000, then inter-intra, motion pairs (one spline)" in line
     assert "step 0 -> 1200" in line
+    assert "channels_last, 2 CPU thread(s);" in line  # the layout the step runs in (memory_format auto, CPU)
+    flat = dataclasses.replace(preset("cpu"), memory_format="contiguous")
+    assert "channels_last" not in describe(flat, "runs/r", procs, 0, False)
     assert "synth (aligned), inter-intra, conv detector" in describe(preset("cpu-paper"), "runs/r", procs, 0, False)
     short = dataclasses.replace(preset("cpu"), steps=3)  # e.g. a smoke run: the warm-up never ends
     assert "no inter-intra step" in describe(short, "runs/r", procs, 0, False)

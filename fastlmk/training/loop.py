@@ -408,6 +408,7 @@ def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_am
             f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px, batch "
             f"{cfg.batch_size}x{procs.world}, perceptual={cfg.perceptual}, backend={cfg.backend}"
             f"{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}"
+            f"{', channels_last' if memory_format(cfg, procs.device) is torch.channels_last else ''}"
             f"{f', {procs.threads} CPU thread(s)' if procs.device.type == 'cpu' else ''}; step {step} -> {cfg.steps}")
 
 
