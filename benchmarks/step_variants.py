@@ -11,10 +11,10 @@ table gives the median seconds per step and the ratio to ``today`` in the same r
 
 Variants (all start from the ``cpu`` preset):
 
-* ``today``: the step as it is (eager, fused kernels, rendering inline; model and images in
+* ``today``: the step as it is (eager, fused kernels, rendering inline; the model's weights in
   ``torch.channels_last``, ``memory_format="auto"`` on the CPU since 2026-12-07).
 * ``prefetch``: the next batch rendered in a background thread while this step computes.
-* ``contiguous``: model and images in the default (NCHW-contiguous) layout, the step before
+* ``contiguous``: the weights in the default (NCHW-contiguous) layout, the step before
   2026-12-07 (``memory_format="contiguous"``).
 * ``compile``: ``torch.compile`` of the model (inductor on the CPU: fuses batch norm, ReLU and
   the other elementwise ops into generated C++ loops; compiled before the timed rounds).
@@ -84,7 +84,7 @@ def make_variant(name: str, base, procs: Processes):
     step = {"n": 0}
 
     def run():
-        batch = next(batches)  # (train_step lays the images out as cfg.memory_format says)
+        batch = next(batches)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
         losses = train_step(cfg, model, forward, objective, optimizer, make_pairs, streams, batch, step["n"],
                             procs.device, autocast)[3]

@@ -19,7 +19,7 @@ TWO_VIEW_PAIRS = ("views", "motion")  # the sources whose x and x' are two views
 # imports them from here (model.py, losses.py): the imports point one way, config <- model/losses.
 ARCHS = ("hourglass", "conv")  # detector architectures (fastlmk.training.model.Detector)
 METHODS = ("inter-intra", "intra")  # training objectives (LandmarkAutoencoder.forward)
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # the model's and the images' layout (TrainConfig.memory_format)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # the layout of the model's weights (TrainConfig.memory_format)
 PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")  # perceptual losses (losses.ReconstructionLoss)
 
 
@@ -82,7 +82,7 @@ class TrainConfig:
     backend: str = "auto"  # fastlmk ops backend: auto | reference | cpu | cuda | triton
     amp: bool = True  # bf16 autocast on CUDA (no effect on the CPU)
     compile: bool = False  # torch.compile the model
-    memory_format: str = "auto"  # auto (channels_last on the CPU: 0.82-0.89x the intra step, 1 thread, benchmarks/step_variants.py; contiguous elsewhere, not measured there) | channels_last | contiguous
+    memory_format: str = "auto"  # layout of the model's weights: auto (channels_last on the CPU: 0.82-0.91x the intra step, benchmarks/step_variants.py; contiguous elsewhere, not measured there) | channels_last | contiguous
     deterministic: bool = True  # deterministic cuDNN (same seed -> same losses on a GPU; off is faster)
     num_workers: int = 0  # DataLoader worker processes
     threads: int = 0  # CPU threads of torch (0 = auto: the cores not busy by the 1-minute load average; 1 is much faster on an oversubscribed machine)

@@ -156,10 +156,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 def train_step(cfg: TrainConfig, core: LandmarkAutoencoder, forward, objective: TrainingLoss, optimizer, make_pairs,
                streams: RandomStreams, batch: dict, step: int, device, autocast):
     """One optimisation step (0-based ``step``) on ``batch``; -> (images, pairs, out, losses)."""
-    fmt = memory_format(cfg, device)
-    images = batch["image"].to(device, non_blocking=True, memory_format=fmt)  # (B, 3, S, S) in [0, 1]
+    images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
     # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
-    second = batch["image2"].to(device, non_blocking=True, memory_format=fmt) if "image2" in batch else None
+    second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
     pairs = make_pairs(images, generator=streams.pairs, second=second,
                        equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
     # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
@@ -305,10 +304,12 @@ def fit_to_budget(cfg: TrainConfig, dataset, make_pairs, procs: Processes, autoc
 
 
 def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
-    """The layout of the model's weights and the batch's images: ``channels_last`` on the CPU for
-    ``auto`` (oneDNN's NHWC convolutions; 0.82-0.89x the intra step at one thread in three
-    interleaved runs of benchmarks/step_variants.py, 2026-12-07), ``contiguous`` elsewhere (not
-    measured). The fused ops take any layout (they make their inputs contiguous)."""
+    """The layout of the model's weights: ``channels_last`` on the CPU for ``auto`` (oneDNN's NHWC
+    convolutions; 0.82-0.91x the intra step in five interleaved runs of benchmarks/step_variants.py,
+    2026-12-07), ``contiguous`` elsewhere (not measured). Only the weights are laid out: a
+    convolution follows its weight's layout, and the images reach the detector through the TPS warp,
+    whose kernel makes its input contiguous (converting the batch too gave the same step, bit for
+    bit). The fused ops take any layout."""
     if cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cpu"):
         return torch.channels_last
     return torch.contiguous_format
