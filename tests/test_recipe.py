@@ -74,14 +74,23 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_plans_the_short_rec
     fast = recipe.fit_budget(cfg, 0.46, budget)
     assert dataclasses.replace(fast, recipe_note="", budget_fit=True) == cfg  # unchanged: same result as before
     assert not fast.budget_fit and "kept" in fast.recipe_note and fast.lr_anneal == 0.0
+    # the early phase's share of a step's time, and the mean over the schedule (progressive resizing)
+    early_cost = recipe.EARLY_FIXED + (1 - recipe.EARLY_FIXED) * 0.25  # 32 px of 64: a quarter of the pixels
+    mean_cost = 1 - recipe.EARLY_SHARE * (1 - early_cost)
     for per_step in (0.73, 0.93, 1.5):  # issue 22's 2-thread machine, a true half speed, a busy machine
         short = recipe.fit_budget(cfg, per_step, budget)
-        # the warm-up's objective throughout, as many steps as fit (multiples of ROUND), ending on the lr fall
+        # the warm-up's objective throughout, as many steps as fit (multiples of ROUND), ending on the lr
+        # fall; the first EARLY_SHARE of them on 32 px images
         assert (short.method, short.intra_warmup, short.image_size) == ("intra", 0, 64), per_step
-        assert short.steps % recipe.ROUND == 0 and short.steps == recipe.ROUND * int(limit / per_step // recipe.ROUND)
-        assert recipe.predicted_seconds(short, per_step) <= limit < recipe.predicted_seconds(short, per_step) + recipe.ROUND * per_step
+        assert (short.early_size, short.early_share) == (32, recipe.EARLY_SHARE)
+        assert recipe.early_steps(short) == round(recipe.EARLY_SHARE * short.steps)
+        assert short.steps % recipe.ROUND == 0 and short.steps >= 1.2 * recipe.ROUND * int(limit / per_step // recipe.ROUND)
+        t = recipe.predicted_seconds(short, per_step)
+        assert t == pytest.approx(per_step * (recipe.early_steps(short) * early_cost + short.steps - recipe.early_steps(short)))
+        assert t <= limit < t + recipe.ROUND * per_step * mean_cost + per_step
         assert short.lr_anneal == recipe.FIT_ANNEAL and not short.budget_fit
-        assert f"{short.steps} intra steps instead" in short.recipe_note
+        assert f"{short.steps} intra steps (the first {recipe.early_steps(short)} on 32 px images) instead" in short.recipe_note
+        assert f"a step on 32 px images takes ~{early_cost:.2f}x one on 64 px" in short.recipe_note
         assert "lr falling to 0 over the last 30% of the steps" in short.recipe_note
         # what it gives up, and how long the full recipe takes here
         full_min = round(recipe.predicted_seconds(cfg, per_step) / 60)
@@ -89,13 +98,21 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_plans_the_short_rec
                 f"~{full_min} min") in short.recipe_note
     assert "expect coarser points" not in fast.recipe_note
     assert recipe.fit_budget(dataclasses.replace(cfg, lr_anneal=0.5), 0.93, budget).lr_anneal == 0.5  # the user's
+    told = recipe.fit_budget(dataclasses.replace(cfg, early_size=48, early_share=0.25), 0.93, budget)
+    assert (told.early_size, told.early_share) == (48, 0.25)  # the user's early phase is kept, and costed
+    assert recipe.predicted_seconds(told, 0.93) <= limit < recipe.predicted_seconds(told, 0.93) + recipe.ROUND * 0.93
+    # no early phase below EARLY_MIN px (a 32 px run), nor for the hourglass below its 64 px
+    assert recipe.fit_budget(dataclasses.replace(cfg, image_size=32), 0.93, budget).early_size == 0
+    assert recipe.fit_budget(dataclasses.replace(cfg, image_size=128, detector_arch="hourglass"), 0.93, budget).early_size == 64
+    assert recipe.fit_budget(dataclasses.replace(cfg, image_size=64, detector_arch="hourglass"), 0.93, budget).early_size == 0
     # a run without a warm-up keeps its objective (cpu-paper: the paper's inter-intra step), shortened
     paper = recipe.fit_budget(preset("cpu-paper"), 0.6, budget)
+    assert paper.early_size == 0  # (progressive resizing was measured with the intra recipe only)
     assert paper.method == "inter-intra" and paper.steps == recipe.ROUND * int(limit / (0.6 * recipe.INTER_INTRA_COST) // recipe.ROUND) == 600
     assert f"{paper.steps} inter-intra steps instead," in paper.recipe_note
     # tiny (test) schedules are fitted in whole steps
     tiny = recipe.fit_budget(dataclasses.replace(cfg, steps=12, intra_warmup=8), 10.0, 30.0)
-    assert tiny.steps == 2 and tiny.method == "intra"
+    assert tiny.steps == 3 and tiny.method == "intra" and recipe.early_steps(tiny) == 1  # 10 x (0.36 + 2) s <= 28.5
 
 
 def test_predicted_seconds_counts_inter_intra_steps_at_their_cost():
@@ -103,6 +120,15 @@ def test_predicted_seconds_counts_inter_intra_steps_at_their_cost():
     assert recipe.predicted_seconds(cfg, 1.0) == pytest.approx(60 + 40 * recipe.INTER_INTRA_COST)
     assert recipe.predicted_seconds(cfg, 1.0, start=80) == pytest.approx(20 * recipe.INTER_INTRA_COST)
     assert recipe.predicted_seconds(dataclasses.replace(cfg, method="intra"), 1.0) == pytest.approx(100)
+    # early steps at their size's cost, by brute force over the steps, every start
+    early = dataclasses.replace(cfg, early_size=32, early_share=0.7)  # the early phase runs into the inter-intra one
+    c = recipe.size_cost(32, 64)
+    for start in (0, 30, 60, 65, 70, 99):
+        brute = sum((1 if s < 60 else recipe.INTER_INTRA_COST) * (c if s < 70 else 1) for s in range(start, 100))
+        assert recipe.predicted_seconds(early, 1.0, start=start) == pytest.approx(brute), start
+        assert sum(recipe.step_cost(early, s) for s in range(start, 100)) == pytest.approx(brute)
+    assert recipe.schedule(early) == "60 intra + 40 inter-intra steps (the first 70 on 32 px images)"
+    assert recipe.size_cost(64, 64) == 1.0 and recipe.size_cost(48, 64) == pytest.approx(0.624, abs=1e-3)
 
 
 def _train(args, cwd, timeout=300, env=None):
@@ -169,13 +195,15 @@ def test_a_fitted_schedule_is_stored_in_the_run_and_a_resume_continues_it(tmp_pa
     assert slow["n"] == 1
     stored = ckpt_io.config_of(ckpt_io.load_checkpoint(str(tmp_path / "fit")))
     assert stored.method == "intra" and not stored.budget_fit and stored.steps < 12
-    assert f"{stored.steps} intra steps instead" in stored.recipe_note
+    assert f"{stored.steps} intra steps (the first {recipe.early_steps(stored)} on 32 px images) instead" in stored.recipe_note
+    assert (stored.early_size, stored.early_share) == (32, recipe.EARLY_SHARE) and recipe.early_steps(stored) >= 1
     assert result["step"] <= stored.steps
     # a resume continues the stored schedule; nothing is timed again
     resumed = dataclasses.replace(stored, steps=stored.steps + 1, max_minutes=0.0)
     train(resumed, resume=str(tmp_path / "fit"), progress=False)
     assert slow["n"] == 1
-    assert json.load(open(tmp_path / "fit" / "config.json"))["method"] == "intra"
+    continued = json.load(open(tmp_path / "fit" / "config.json"))
+    assert (continued["method"], continued["early_size"], continued["early_share"]) == ("intra", 32, recipe.EARLY_SHARE)
 
 
 def test_a_default_run_directory_is_named_after_the_objective_the_fit_chose(tmp_path, monkeypatch):

@@ -30,6 +30,8 @@ class TrainConfig:
     dataset: str = "synth"  # fastlmk.data.build_dataset name: synth | celeba | mafl | aflw_zhang | aflw_thewlis | folder
     data_root: str = ""  # dataset directory (not needed for synth)
     image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
+    early_size: int = 0  # [ours] progressive resizing: the first early_share of the steps train on the images resized to this size (0 = off; a budget-fitted run plans it, recipe.EARLY)
+    early_share: float = 0.0  # [ours] that share of the steps, in [0, 1)
     train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
     pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) | motion (synth: two frames of one subject, same head placement, other yaw and expression, each warped) [ours]
     shared_warp: bool = False  # [ours] views | motion: warp both views with the same spline (they then differ only by the change between the views)
@@ -239,6 +241,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(getattr(cfg, k) >= 1, f"{k} must be >= 1, got {getattr(cfg, k)}")
     for k in ("sample_every", "ckpt_every", "num_workers", "threads", "generator_res", "eval_train_size", "eval_test_size", "train_length"):
         need(getattr(cfg, k) >= 0, f"{k} must be >= 0, got {getattr(cfg, k)}")
+    need(cfg.early_size == 0 or (cfg.early_size >= mult and cfg.early_size % mult == 0 and cfg.early_size < cfg.image_size),
+         f"early_size must be 0 (off) or a positive multiple of {mult} below image_size ({cfg.image_size}) for "
+         f"detector_arch={cfg.detector_arch!r}, got {cfg.early_size}")
+    need(cfg.early_share == 0 or cfg.early_size > 0, f"early_share ({cfg.early_share}) needs early_size, the size of those steps' images")
     need(cfg.preset in PRESETS, f"preset must be one of {PRESETS}, got {cfg.preset!r}")
     need(cfg.memory_format in MEMORY_FORMATS, f"memory_format must be one of {MEMORY_FORMATS}, got {cfg.memory_format!r}")
     from fastlmk.data.synth import POSES
@@ -268,7 +274,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 RANGES = {
     "temperature": (0.0, None, False, True), "gaussian_std": (0.0, None, False, True),
     "lr": (0.0, None, False, True), "lr_decay": (0.0, None, False, True),
-    "lr_anneal": (0.0, 1.0, True, True),
+    "lr_anneal": (0.0, 1.0, True, True), "early_share": (0.0, 1.0, True, False),
     "beta1": (0.0, 1.0, True, False), "beta2": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True), "grad_clip": (0.0, None, True, True),
     "perceptual_weight": (0.0, None, True, True), "max_minutes": (0.0, None, True, True),

@@ -18,7 +18,7 @@ from fastlmk.training.losses import LOSS_TERMS
 from fastlmk.training.model import step_method
 # the forecast of a run with an intra warm-up times intra steps and scales the rest by the cost of
 # an inter-intra step in intra steps (measured; the budget fit uses the same figure)
-from fastlmk.training.recipe import INTER_INTRA_COST
+from fastlmk.training.recipe import INTER_INTRA_COST, early_steps, step_cost
 
 LOG_FIELDS = ["step", *LOSS_TERMS, "lr", "images_per_s", "elapsed_s"]  # the columns of log.csv
 TIMED_STEPS = 5  # the warm-up forecast times steps 2..6 of a process (the first allocates / compiles)
@@ -89,13 +89,17 @@ def forecast(cfg: TrainConfig, step: int, per_step: float, per_image_eval: float
         return step_method(cfg.method, cfg.intra_warmup, s)
 
     scaled = method(step) == "intra" and method(cfg.steps - 1) == "inter-intra"  # timed in the warm-up
-    cost = [per_step * (INTER_INTRA_COST if scaled and method(s) == "inter-intra" else 1) for s in range(step, cfg.steps)]
+    timed = step_cost(cfg, step - 1)  # the kind of step timed (inter-intra, early: recipe.step_cost)
+    cost = [per_step * step_cost(cfg, s) / timed for s in range(step, cfg.steps)]
     t_left = sum(cost)
     msg = (f"timing: {per_step:.2f} s/step ({cfg.batch_size * world / per_step:.1f} images/s) -> expected "
            f"{fmt_time(t_left)} of training")
     if cfg.eval:  # one detector pass over the regressor's and the test images, twice, + 5 s
         n_eval = (cfg.eval_train_size or 20000) + (cfg.eval_test_size or 5000)
         msg += f" + ~{fmt_time(2 * per_image_eval * n_eval + 5)} of evaluation"
+    if step - 1 < early_steps(cfg) < cfg.steps:  # timed on the early phase's smaller images
+        msg += (f" (timed on {cfg.early_size} px images; steps {early_steps(cfg)}+ on {cfg.image_size} px, "
+                f"~{step_cost(cfg, cfg.steps - 1) / timed:.1f}x the time each)")
     if scaled:
         warm_s = sum(cost[:cfg.intra_warmup - step])
         msg += (f" (steps {cfg.intra_warmup}+ inter-intra, ~{INTER_INTRA_COST:g}x an intra step; phases: intra warm-up "

@@ -22,6 +22,7 @@ import time
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -112,7 +113,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 window.add(loss_values(losses, step), images.shape[0] * procs.world)
                 per_step = timer.tick(step)
                 if per_step is not None and book:
-                    book.write(forecast(cfg, step, per_step, seconds_per_image(core.detector, pairs.x), procs.world,
+                    book.write(forecast(cfg, step, per_step, seconds_per_image(core.detector, images), procs.world,
                                         time.time() - t_start))
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     history.append(window.row(step, scheduler.get_last_lr()[0], t_start))
@@ -155,11 +156,16 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
 def train_step(cfg: TrainConfig, core: LandmarkAutoencoder, forward, objective: TrainingLoss, optimizer, make_pairs,
                streams: RandomStreams, batch: dict, step: int, device, autocast):
-    """One optimisation step (0-based ``step``) on ``batch``; -> (images, pairs, out, losses)."""
+    """One optimisation step (0-based ``step``) on ``batch``; -> (images, pairs, out, losses), ``images``
+    the batch's images at full size (those of ``pairs`` are ``early_size`` in the early phase)."""
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S) in [0, 1]
-    # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
     second = batch["image2"].to(device, non_blocking=True) if "image2" in batch else None
-    pairs = make_pairs(images, generator=streams.pairs, second=second,
+    first = images
+    if early_phase(cfg, step):  # [ours] progressive resizing: the first steps on smaller images
+        first, second = (None if t is None else F.interpolate(t, size=(cfg.early_size, cfg.early_size), mode="bilinear",
+                                                             antialias=True, align_corners=False) for t in (first, second))
+    # 1. intra-subject pair: two random TPS warps of each image (or of two views), border masks
+    pairs = make_pairs(first, generator=streams.pairs, second=second,
                        equivariance_partner=cfg.equivariance_weight > 0, shared_warp=cfg.shared_warp)
     # 2. the step's objective and auxiliary subjects: a derangement of the batch (intra: none)
     aux = core.begin_step(step, images.shape[0], streams.aux)
@@ -292,7 +298,8 @@ def fit_to_budget(cfg: TrainConfig, dataset, make_pairs, procs: Processes, autoc
     its own share), said in the note."""
     if procs.ddp:
         return dataclasses.replace(cfg, budget_fit=False, recipe_note="budget fit skipped: several processes")
-    probe = dataclasses.replace(cfg, intra_warmup=cfg.steps)  # every step intra: what the warm-up costs
+    # every step intra and at full size: what the warm-up costs (early steps: recipe.size_cost)
+    probe = dataclasses.replace(cfg, intra_warmup=cfg.steps, early_size=0, early_share=0.0)
     model = LandmarkAutoencoder.from_config(probe).to(procs.device, memory_format=memory_format(cfg, procs.device))
     objective = TrainingLoss.from_config(probe).to(procs.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -336,6 +343,12 @@ class RandomStreams:
         self.aux.set_state(state["aux"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def early_phase(cfg: TrainConfig, step: int) -> bool:
+    """Whether 0-based ``step`` trains on ``early_size`` images (progressive resizing [ours]: the first
+    ``early_share`` of the steps; recipe.EARLY, measured in docs/recipe.md)."""
+    return cfg.early_size > 0 and step < recipe.early_steps(cfg)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -405,8 +418,10 @@ def describe(cfg: TrainConfig, run_dir: str, procs: Processes, step: int, use_am
     data = f"{cfg.dataset} ({cfg.synth_pose})" if cfg.dataset == "synth" else cfg.dataset
     fit = f"\nbudget ({cfg.max_minutes:g} min): {cfg.recipe_note}" if cfg.recipe_note else ""
     found = f"\n{cfg.dataset}: {data_note}" if data_note else ""
+    n = recipe.early_steps(cfg)
+    early = f" ({cfg.early_size}px for the first {n} step{'s' if n > 1 else ''})" if n else ""
     return (f"run directory: {run_dir}\n{recipe.why(cfg)}{found}{fit}\n{procs.world} process(es) on {procs.device}, {data}, {method}{pairs}, "
-            f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px, batch "
+            f"{cfg.detector_arch} detector, K={cfg.num_landmarks}, {cfg.image_size}px{early}, batch "
             f"{cfg.batch_size}x{procs.world}, perceptual={cfg.perceptual}, backend={cfg.backend}"
             f"{', bf16 autocast' if use_amp else ''}{', compiled' if cfg.compile else ''}"
             f"{', channels_last' if memory_format(cfg, procs.device) is torch.channels_last else ''}"

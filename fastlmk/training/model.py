@@ -150,19 +150,27 @@ class Detector(nn.Module):
                    image_size=cfg.image_size, temperature=cfg.temperature, std=cfg.gaussian_std,
                    backend=backend, mode=cfg.soft_argmax)
 
-    def render(self, points: torch.Tensor) -> torch.Tensor:
-        """G(mu): (B, K, 2) -> (B, K, h, w) Gaussian maps."""
-        h = self.map_size
-        return fastlmk.gaussian_heatmaps(points, h, h, self.std, backend=self.backend)
+    def render(self, points: torch.Tensor, h: int | None = None) -> torch.Tensor:
+        """G(mu): (B, K, 2) -> (B, K, h, h) Gaussian maps; ``h`` defaults to S/4. At another map size
+        (smaller training images) the std keeps its size in pixels of that map."""
+        if h is None or h == self.map_size:
+            return fastlmk.gaussian_heatmaps(points, self.map_size, self.map_size, self.std, backend=self.backend)
+        return fastlmk.gaussian_heatmaps(points, h, h, self.std_px * 2.0 / (h - 1), backend=self.backend)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
+        """``images`` (B, 3, S, S). In training mode S may also be any smaller size the body takes
+        (a multiple of 4, of 64 for the hourglass: progressive resizing, ``TrainConfig.early_size``);
+        in eval mode it is the size the detector was built for."""
+        mult = 64 if self.arch == "hourglass" else 4
+        s = images.shape[-1] if images.ndim == 4 else -1
+        ok = s == self.image_size or (self.training and mult <= s < self.image_size and s % mult == 0)
+        if not ok or images.shape[1] != 3 or images.shape[-2] != s:
             raise ValueError(f"Detector: expected images (B, 3, {self.image_size}, {self.image_size}), got {tuple(images.shape)}")
         heatmaps = self.head(self.body(images))  # (B, K, h, w)
         # precision: the bottleneck runs in float32 even under bf16 autocast (softmax of logits / 0.1)
         heatmaps = heatmaps.float()
         points = fastlmk.soft_argmax(heatmaps, self.temperature, self.mode, backend=self.backend)  # (B, K, 2)
-        return DetectorOutput(heatmaps, points, self.render(points))
+        return DetectorOutput(heatmaps, points, self.render(points, heatmaps.shape[-1]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,6 +66,17 @@ SHORT = dict(method="intra", intra_warmup=0)
 # points on each of three schedules (docs/recipe.md). A schedule that fits is left alone (the
 # default's result, measured with the constant lr, stays what it was).
 FIT_ANNEAL = 0.3
+# Progressive resizing [ours]: a fitted short recipe trains its first EARLY_SHARE of the steps on the
+# images resized to EARLY_RATIO of their size (32 px for the cpu preset's 64), where a step costs
+# EARLY_FIXED + (1 - EARLY_FIXED) x (the share of the pixels) of a full one: the part that does not
+# scale with the pixels (rendering the batch at full size, the optimizer, the small layers) is ~14 %
+# (interleaved, one core, channels_last: 0.35x at 32 px, 0.48x at 40, 0.63x at 48; the model gives
+# 0.355 / 0.476 / 0.624). The steps it saves buy more steps: on the val split at half this VM's
+# speed, docs/recipe.md.
+EARLY_RATIO = 0.5
+EARLY_SHARE = 0.4
+EARLY_FIXED = 0.14
+EARLY_MIN = 32  # smaller early images are not planned (8 x 8 landmark maps at 32 px)
 PINNED = ("image_size", "steps", "intra_warmup", "method")  # set by the user, these switch the budget fit off
 ROUND = 50  # fitted step counts are multiples of this (a few ms of timing noise rarely moves them;
 # schedules under 10 x ROUND steps are fitted in whole steps)
@@ -106,20 +117,54 @@ def why(cfg: TrainConfig) -> str:
     return line
 
 
+def early_steps(cfg: TrainConfig) -> int:
+    """How many of the first steps train on ``early_size`` images (0 when off)."""
+    return round(cfg.early_share * cfg.steps) if cfg.early_size > 0 else 0
+
+
+def size_cost(size: int, full: int) -> float:
+    """A step's time on ``size`` px images, in steps on ``full`` px images (EARLY_FIXED's model)."""
+    return EARLY_FIXED + (1.0 - EARLY_FIXED) * (size / full) ** 2
+
+
+def step_cost(cfg: TrainConfig, step: int) -> float:
+    """The time of 0-based ``step`` in intra steps at full size: an inter-intra step costs
+    INTER_INTRA_COST of them, a step in the early phase ``size_cost`` of its full-size self."""
+    cost = 1.0 if cfg.method == "intra" or step < cfg.intra_warmup else INTER_INTRA_COST
+    return cost * (size_cost(cfg.early_size, cfg.image_size) if step < early_steps(cfg) else 1.0)
+
+
 def predicted_seconds(cfg: TrainConfig, per_intra_step: float, start: int = 0) -> float:
-    """Training time from step ``start`` to ``cfg.steps`` at ``per_intra_step`` seconds per intra step."""
-    if cfg.method == "intra":
-        return per_intra_step * (cfg.steps - start)
-    warm = max(0, min(cfg.intra_warmup, cfg.steps) - start)
-    return per_intra_step * (warm + INTER_INTRA_COST * (cfg.steps - start - warm))
+    """Training time from step ``start`` to ``cfg.steps`` at ``per_intra_step`` seconds per intra step
+    (at full size)."""
+    early, warm = early_steps(cfg), min(cfg.intra_warmup, cfg.steps) if cfg.method != "intra" else cfg.steps
+    # the steps fall into at most four kinds (early or not, intra or not): count each span
+    bounds = sorted({start, cfg.steps, *(b for b in (early, warm) if start < b < cfg.steps)})
+    return per_intra_step * sum((b - a) * step_cost(cfg, a) for a, b in zip(bounds, bounds[1:]))
 
 
 def schedule(cfg: TrainConfig) -> str:
-    """The phases of ``cfg``'s schedule in words, e.g. ``1000 intra + 200 inter-intra steps``."""
+    """The phases of ``cfg``'s schedule in words, e.g. ``1000 intra + 200 inter-intra steps`` or
+    ``1250 intra steps (the first 500 on 32 px images)``."""
     if cfg.method == "intra" or cfg.intra_warmup <= 0:
-        return f"{cfg.steps} {cfg.method} steps"
-    warm = min(cfg.intra_warmup, cfg.steps)
-    return f"{warm} intra + {cfg.steps - warm} {cfg.method} steps" if cfg.steps > warm else f"{warm} intra steps"
+        words = f"{cfg.steps} {cfg.method} steps"
+    else:
+        warm = min(cfg.intra_warmup, cfg.steps)
+        words = f"{warm} intra + {cfg.steps - warm} {cfg.method} steps" if cfg.steps > warm else f"{warm} intra steps"
+    if early_steps(cfg):
+        words += f" (the first {early_steps(cfg)} on {cfg.early_size} px images)"
+    return words
+
+
+def early_plan(cfg: TrainConfig) -> dict:
+    """The progressive resizing a fitted short recipe plans (EARLY_*): the user's ``early_size`` /
+    ``early_share`` when given, else EARLY_RATIO of the image size for EARLY_SHARE of the steps; none
+    when that size is below EARLY_MIN or not one the detector takes."""
+    mult = 64 if cfg.detector_arch == "hourglass" else 4
+    size = cfg.early_size or mult * int(EARLY_RATIO * cfg.image_size // mult)
+    if size < max(EARLY_MIN, mult) or size >= cfg.image_size:
+        return dict(early_size=cfg.early_size, early_share=cfg.early_share)
+    return dict(early_size=size, early_share=cfg.early_share or EARLY_SHARE)
 
 
 def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> TrainConfig:
@@ -136,14 +181,25 @@ def fit_budget(cfg: TrainConfig, per_intra_step: float, budget_s: float) -> Trai
     # the short recipe: the steps that fit, of the warm-up's objective when the run has one (SHORT)
     warm0 = min(cfg.intra_warmup, cfg.steps) if cfg.method == "inter-intra" else 0
     short = dict(SHORT) if 0 < warm0 < cfg.steps else {}
-    cost = 1.0 if short or cfg.method == "intra" else INTER_INTRA_COST
+    intra = bool(short) or cfg.method == "intra"
+    cost = 1.0 if intra else INTER_INTRA_COST
+    # progressive resizing, measured with the intra recipe only (an inter-intra run keeps the user's)
+    early = early_plan(cfg) if intra else dict(early_size=cfg.early_size, early_share=cfg.early_share)
+    if early["early_size"]:  # the mean cost of a step over the schedule
+        cost *= 1.0 - early["early_share"] * (1.0 - size_cost(early["early_size"], cfg.image_size))
     n = limit / (per_intra_step * cost)
     unit = ROUND if n >= 10 * ROUND else 1  # short (test) schedules: whole steps
     steps = max(1, unit * math.floor(n / unit))
     anneal = cfg.lr_anneal or FIT_ANNEAL  # a value the user gave is kept
-    fitted = dataclasses.replace(cfg, **done, **short, steps=steps, lr_anneal=anneal)
+    fitted = dataclasses.replace(cfg, **done, **short, **early, steps=steps, lr_anneal=anneal)
+    while steps > 1 and predicted_seconds(fitted, per_intra_step) > limit:  # rounding of the early steps
+        steps -= unit if steps > unit else 1
+        fitted = dataclasses.replace(fitted, steps=steps)
     t = predicted_seconds(fitted, per_intra_step)
     why_short = " (the warm-up's objective throughout: per second it learns more than the inter-intra step)" if short else ""
+    if early_steps(fitted) and not cfg.early_size:
+        why_short += (f"; a step on {fitted.early_size} px images takes ~{size_cost(fitted.early_size, cfg.image_size):.2f}x "
+                      f"one on {cfg.image_size} px: more steps in the same time")
     return dataclasses.replace(fitted, recipe_note=(
         f"{note} > {budget_s / 60:g}: {schedule(fitted)} instead{why_short}, lr falling to 0 over the last "
         f"{anneal:.0%} of the steps, ~{t / 60:.1f} min; expect coarser points than the full recipe (docs/recipe.md), "
