@@ -23,6 +23,9 @@ Variants (all start from the ``cpu`` preset):
 * ``reference``: the same step with ``backend="reference"`` (the pure-PyTorch ops): the
   fused-vs-reference figure for a whole step.
 * ``48px``: a smaller image (``--image-size 48``; the budget fit's rung until 2026-12-07), not the same computation.
+* ``early32``, ``early40``, ``early48``: a step of the early phase of progressive resizing
+  (``--early-size N``: the batch rendered at 64 px and resized to N before the pairs), what
+  ``fastlmk.training.recipe.size_cost`` models; not the same computation.
 * ``narrow`` (detector width 24, generator width 12), ``det24``, ``gen12``, ``res1`` (one generator
   residual block): cheaper models, candidates for a slower machine (not the same computation).
 """
@@ -44,10 +47,14 @@ from fastlmk.training.losses import FALLBACK, TrainingLoss
 from fastlmk.training.loop import Processes, RandomStreams, batch_stream, memory_format, train_step, training_data
 from fastlmk.training.model import LandmarkAutoencoder
 
-VARIANTS = ("today", "prefetch", "contiguous", "compile", "bf16", "reference", "48px", "narrow", "det24", "gen12", "res1")
+VARIANTS = ("today", "prefetch", "contiguous", "compile", "bf16", "reference", "48px", "early32", "early40", "early48",
+            "narrow", "det24", "gen12", "res1")
 # the variants that are a config change: the reference ops, and cheaper models for a slower machine
 # (not the same computation): a smaller image, narrower networks, a shallower generator
 CONFIG_CHANGES = {"reference": dict(backend="reference"), "contiguous": dict(memory_format="contiguous"), "48px": dict(image_size=48),
+                  # a step of the early phase (progressive resizing): rendered at 64 px, trained at N px
+                  "early32": dict(early_size=32, early_share=0.5), "early40": dict(early_size=40, early_share=0.5),
+                  "early48": dict(early_size=48, early_share=0.5),
                   "narrow": dict(detector_width=24, generator_width=12), "det24": dict(detector_width=24),
                   "gen12": dict(generator_width=12), "res1": dict(generator_res=1)}
 

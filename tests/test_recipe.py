@@ -112,7 +112,7 @@ def test_fit_budget_keeps_a_schedule_that_fits_and_otherwise_plans_the_short_rec
     assert f"{paper.steps} inter-intra steps instead," in paper.recipe_note
     # tiny (test) schedules are fitted in whole steps
     tiny = recipe.fit_budget(dataclasses.replace(cfg, steps=12, intra_warmup=8), 10.0, 30.0)
-    assert tiny.steps == 3 and tiny.method == "intra" and recipe.early_steps(tiny) == 1  # 10 x (0.36 + 2) s <= 28.5
+    assert tiny.steps == 4 and tiny.method == "intra" and recipe.early_steps(tiny) == 2  # 10 x (2 x 0.355 + 2) s <= 28.5
 
 
 def test_predicted_seconds_counts_inter_intra_steps_at_their_cost():

@@ -74,7 +74,7 @@ FIT_ANNEAL = 0.3
 # 0.355 / 0.476 / 0.624). The steps it saves buy more steps: on the val split at half this VM's
 # speed, docs/recipe.md.
 EARLY_RATIO = 0.5
-EARLY_SHARE = 0.4
+EARLY_SHARE = 0.5
 EARLY_FIXED = 0.14
 EARLY_MIN = 32  # smaller early images are not planned (8 x 8 landmark maps at 32 px)
 PINNED = ("image_size", "steps", "intra_warmup", "method")  # set by the user, these switch the budget fit off
