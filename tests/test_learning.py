@@ -233,10 +233,14 @@ def test_intra_warmup_switches_to_the_method(tmp_path):
     assert json.loads((tmp_path / "warm" / "config.json").read_text())["intra_warmup"] == 2
 
 
-def test_eval_split_val(tmp_path):
+def test_eval_split_val(tmp_path, capsys):
     r = train(tiny(tmp_path, "val", steps=2, eval=True, eval_split="val", eval_train_size=16, eval_test_size=8),
               progress=False)
     assert r["eval"]["num_test"] == 8
+    # the headline number is printed, the one eval.json holds
+    saic, base = r["eval"]["forward"]["saic"], r["eval"]["mean_shape"]
+    assert (f"landmark error (SAIC, val split, 8 images): {saic:.2f} % of the inter-ocular distance; the mean shape: "
+            f"{base:.2f} % ({saic / base:.2f} of it; lower is better)") in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------- supervised bound

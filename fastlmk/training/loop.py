@@ -523,6 +523,11 @@ def evaluate(detector: Detector, cfg: TrainConfig, run_dir: str, device) -> dict
         with open(os.path.join(run_dir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2, default=str)
     print(f"evaluation ({fmt_time(time.time() - t0)}) written to {run_dir}/eval.json and eval.md", flush=True)
+    fwd, base = result.get("forward"), result.get("mean_shape")
+    if isinstance(fwd, dict) and "saic" in fwd and base:  # the headline number, where people look for it
+        print(f"landmark error (SAIC, {cfg.eval_split} split, {result.get('num_test')} images): {fwd['saic']:.2f} % of the "
+              f"inter-ocular distance; the mean shape: {base:.2f} % ({fwd['saic'] / base:.2f} of it; lower is better)",
+              flush=True)
     return result
 
 
