@@ -24,8 +24,9 @@ written:
    buy more of them. The decision is written into the config (``method``, ``steps``,
    ``intra_warmup``, ``lr_anneal``, ``early_size``, ``early_share``, ``recipe_note``) with ``budget_fit`` turned off, so the
    checkpoints carry it and ``--resume`` continues the same schedule without timing again. What each
-   choice gives is measured in docs/recipe.md: the short recipe does not keep the full-speed result
-   at half the speed.
+   choice gives is measured in docs/recipe.md: at half this VM's speed the short recipe ends at
+   5.54 +- 0.66 % (test, 3 seeds; one third of the mean shape is 6.92), coarser than the full
+   recipe at full speed (4.76 +- 0.83), and just beyond (2.24x) at 7.10 +- 0.54.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ FIT_ANNEAL = 0.3
 # 0.355 / 0.476 / 0.624). The steps it saves buy more steps. Val split, the 2x budget (docs/recipe.md,
 # seeds 0 / 1): 1400 steps, the first 50 % at 32 px, 6.64 / 5.51; 1250 steps, 40 % at 32 px,
 # 6.39 / 7.24; 1550 steps, 60 %, 6.60 (seed 0); 1150 steps, 50 % at 48 px, 9.11 (seed 0); against
-# 10.26 / 7.83 for 850 full-size steps (the plan before).
+# 10.26 / 7.83 for 850 full-size steps (the plan before). Test, 3 seeds (README "Measured results" 4):
+# 5.54 +- 0.66 at 2x (1400 steps), 4.31 +- 0.32 at 1.6x (1600), 7.10 +- 0.54 at 2.24x (1250).
 EARLY_RATIO = 0.5
 EARLY_SHARE = 0.5
 EARLY_FIXED = 0.14
