@@ -23,6 +23,12 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # the layout of the mo
 PERCEPTUAL = ("vgg", "none", "random-conv", "ssim", "laplacian")  # perceptual losses (losses.ReconstructionLoss)
 
 
+def size_multiple(arch: str) -> int:
+    """The image sizes a detector body takes are the multiples of this: 64 for the hourglass (four
+    halvings after the stem's S/4), 4 for the conv encoder (its maps are S/4)."""
+    return 64 if arch == "hourglass" else 4
+
+
 @dataclass
 class TrainConfig:
     preset: str = "cpu"  # the preset these values started from: cpu | cpu-paper | gpu | paper ("auto" on the command line picks cpu/gpu)
@@ -30,7 +36,7 @@ class TrainConfig:
     dataset: str = "synth"  # fastlmk.data.build_dataset name: synth | celeba | mafl | aflw_zhang | aflw_thewlis | folder
     data_root: str = ""  # dataset directory (not needed for synth)
     image_size: int = 64  # S: images are S x S, landmark maps S/4 x S/4
-    early_size: int = 0  # [ours] progressive resizing: the first early_share of the steps train on the images resized to this size (0 = off; a budget-fitted run plans it, recipe.EARLY)
+    early_size: int = 0  # [ours] progressive resizing: the first early_share of the steps train on the images resized to this size (0 = off; a budget-fitted run plans it, recipe.EARLY_SHARE)
     early_share: float = 0.0  # [ours] that share of the steps, in [0, 1)
     train_length: int = 0  # synth only: number of training images (0 = the dataset's default)
     pairs: str = "warps"  # intra-subject pairs: warps (two TPS warps of one image, IMM / the paper) | views (synth: two views of one subject, each warped) | motion (synth: two frames of one subject, same head placement, other yaw and expression, each warped) [ours]
@@ -223,7 +229,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}")
     need(cfg.soft_argmax in SOFT_ARGMAX_MODES, f"soft_argmax must be one of {SOFT_ARGMAX_MODES}, got {cfg.soft_argmax!r}")
     need(cfg.detector_arch in ARCHS, f"detector_arch must be one of {ARCHS}, got {cfg.detector_arch!r}")
-    mult = 64 if cfg.detector_arch == "hourglass" else 4
+    mult = size_multiple(cfg.detector_arch)
     need(cfg.image_size >= mult and cfg.image_size % mult == 0,
          f"image_size must be a positive multiple of {mult} for detector_arch={cfg.detector_arch!r}, got {cfg.image_size}")
     need(cfg.perceptual in PERCEPTUAL + ("auto",), f"perceptual must be one of {('auto',) + PERCEPTUAL}, got {cfg.perceptual!r}")

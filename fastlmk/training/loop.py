@@ -347,8 +347,8 @@ class RandomStreams:
 
 def early_phase(cfg: TrainConfig, step: int) -> bool:
     """Whether 0-based ``step`` trains on ``early_size`` images (progressive resizing [ours]: the first
-    ``early_share`` of the steps; recipe.EARLY, measured in docs/recipe.md)."""
-    return cfg.early_size > 0 and step < recipe.early_steps(cfg)
+    ``early_share`` of the steps; recipe.EARLY_SHARE, measured in docs/recipe.md)."""
+    return step < recipe.early_steps(cfg)  # (0 when early_size is 0)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

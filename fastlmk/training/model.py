@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import fastlmk
 from fastlmk.ops.soft_argmax import MODES as SOFT_ARGMAX_MODES
-from fastlmk.training.config import ARCHS, METHODS
+from fastlmk.training.config import ARCHS, METHODS, size_multiple
 
 if TYPE_CHECKING:
     from fastlmk.training.config import TrainConfig
@@ -124,7 +124,7 @@ class Detector(nn.Module):
             raise ValueError(f"Detector: num_landmarks must be an integer >= 1, got {num_landmarks!r}")
         if arch not in ARCHS:
             raise ValueError(f"Detector: arch must be one of {ARCHS}, got {arch!r}")
-        mult = 64 if arch == "hourglass" else 4
+        mult = size_multiple(arch)
         if image_size < mult or image_size % mult:
             raise ValueError(f"Detector: image_size must be a positive multiple of {mult} for arch={arch!r}, got {image_size}")
         if mode not in SOFT_ARGMAX_MODES:
@@ -161,7 +161,7 @@ class Detector(nn.Module):
         """``images`` (B, 3, S, S). In training mode S may also be any smaller size the body takes
         (a multiple of 4, of 64 for the hourglass: progressive resizing, ``TrainConfig.early_size``);
         in eval mode it is the size the detector was built for."""
-        mult = 64 if self.arch == "hourglass" else 4
+        mult = size_multiple(self.arch)
         s = images.shape[-1] if images.ndim == 4 else -1
         ok = s == self.image_size or (self.training and mult <= s < self.image_size and s % mult == 0)
         if not ok or images.shape[1] != 3 or images.shape[-2] != s:

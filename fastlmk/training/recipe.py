@@ -35,7 +35,7 @@ import dataclasses
 import math
 import time
 
-from fastlmk.training.config import TWO_VIEW_PAIRS, TrainConfig
+from fastlmk.training.config import TWO_VIEW_PAIRS, TrainConfig, size_multiple
 
 KINDS = ("frames", "stills")
 FRAME_DATASETS = ("video",)  # data sets whose items are two frames of one clip
@@ -166,7 +166,7 @@ def early_plan(cfg: TrainConfig) -> dict:
     """The progressive resizing a fitted short recipe plans (EARLY_*): the user's ``early_size`` /
     ``early_share`` when given, else EARLY_RATIO of the image size for EARLY_SHARE of the steps; none
     when that size is below EARLY_MIN or not one the detector takes."""
-    mult = 64 if cfg.detector_arch == "hourglass" else 4
+    mult = size_multiple(cfg.detector_arch)
     size = cfg.early_size or mult * int(EARLY_RATIO * cfg.image_size // mult)
     if size < max(EARLY_MIN, mult) or size >= cfg.image_size:
         return dict(early_size=cfg.early_size, early_share=cfg.early_share)
